@@ -1,0 +1,68 @@
+// Small Linux syscalls Node does not expose: fallocate (preallocation, punching holes)
+// and lseek with SEEK_DATA/SEEK_HOLE (allocation status of sparse host files).
+// All calls are synchronous: they touch only file metadata and return quickly.
+#include <napi.h>
+#include <fcntl.h>
+#include <unistd.h>
+#include <cerrno>
+#include <cstring>
+#include <linux/falloc.h>
+
+namespace {
+
+Napi::Value ThrowErrno(Napi::Env env, const char* what, int err) {
+  Napi::Error e = Napi::Error::New(env, std::string(what) + ": " + strerror(err));
+  e.Set("errno", Napi::Number::New(env, err));
+  e.Set("code", Napi::String::New(env, err == EOPNOTSUPP ? "EOPNOTSUPP" : err == ENOSPC ? "ENOSPC" : "EIO"));
+  e.ThrowAsJavaScriptException();
+  return env.Undefined();
+}
+
+int64_t ArgInt(const Napi::CallbackInfo& info, size_t i) {
+  return info[i].As<Napi::Number>().Int64Value();
+}
+
+// fallocate(fd, mode, offset, length): mode is a combination of FALLOC_FL_* exported below.
+Napi::Value Fallocate(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 4) {
+    Napi::TypeError::New(env, "fallocate(fd, mode, offset, length)").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  int fd = static_cast<int>(ArgInt(info, 0));
+  int mode = static_cast<int>(ArgInt(info, 1));
+  off_t offset = ArgInt(info, 2), length = ArgInt(info, 3);
+  int r;
+  do { r = fallocate(fd, mode, offset, length); } while (r < 0 && errno == EINTR);
+  if (r < 0) return ThrowErrno(env, "fallocate", errno);
+  return env.Undefined();
+}
+
+// seek(fd, offset, whence): SEEK_DATA / SEEK_HOLE; returns -1 for ENXIO (no more data past offset).
+Napi::Value Seek(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = static_cast<int>(ArgInt(info, 0));
+  off_t offset = ArgInt(info, 1);
+  int whence = static_cast<int>(ArgInt(info, 2));
+  off_t r = lseek(fd, offset, whence);
+  if (r < 0) {
+    if (errno == ENXIO) return Napi::Number::New(env, -1);
+    return ThrowErrno(env, "lseek", errno);
+  }
+  return Napi::Number::New(env, static_cast<double>(r));
+}
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  exports.Set("fallocate", Napi::Function::New(env, Fallocate));
+  exports.Set("seek", Napi::Function::New(env, Seek));
+  exports.Set("SEEK_DATA", Napi::Number::New(env, SEEK_DATA));
+  exports.Set("SEEK_HOLE", Napi::Number::New(env, SEEK_HOLE));
+  exports.Set("FALLOC_FL_KEEP_SIZE", Napi::Number::New(env, FALLOC_FL_KEEP_SIZE));
+  exports.Set("FALLOC_FL_PUNCH_HOLE", Napi::Number::New(env, FALLOC_FL_PUNCH_HOLE));
+  exports.Set("FALLOC_FL_ZERO_RANGE", Napi::Number::New(env, FALLOC_FL_ZERO_RANGE));
+  return exports;
+}
+
+}  // namespace
+
+NODE_API_MODULE(img_native, Init)

@@ -1,0 +1,27 @@
+#!/bin/sh
+# Makes a fresh Debian clone ready: Debian packages the project and its tests need, npm
+# packages (which builds the native addon), and the TypeScript build. Quiet when all is there.
+set -e
+cd "$(dirname "$0")/.."
+
+need=""
+command -v qemu-img >/dev/null 2>&1 || need="$need qemu-utils"
+command -v nbdinfo >/dev/null 2>&1 || need="$need libnbd-bin"
+command -v g++ >/dev/null 2>&1 || need="$need g++"
+command -v make >/dev/null 2>&1 || need="$need make"
+command -v python3 >/dev/null 2>&1 || need="$need python3"
+command -v e2fsck >/dev/null 2>&1 || need="$need e2fsprogs"
+if [ -n "$need" ]; then
+  echo "setup: installing Debian packages:$need"
+  SUDO=""
+  [ "$(id -u)" = 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $need >/dev/null
+fi
+
+if [ ! -f node_modules/.package-lock.json ] || [ package.json -nt node_modules/.package-lock.json ] || [ ! -f build/Release/img_native.node ]; then
+  echo "setup: installing npm packages (builds the native addon)"
+  if [ -f package-lock.json ]; then npm ci --no-audit --no-fund --loglevel=error; else npm install --no-audit --no-fund --loglevel=error; fi
+fi
+
+npx --no-install tsc -p .

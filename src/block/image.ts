@@ -1,0 +1,107 @@
+/**
+ * What a format hands back when it opens a file: a BlockDevice plus what the commands
+ * (info, check, map, resize, amend, convert) need to know of it. Capabilities a format
+ * lacks are simply absent; callers test for them and report UNSUPPORTED.
+ */
+import { BlockDevice } from './device';
+
+/** Mirrors the fields of `qemu-img info --output=json`, in camelCase. */
+export interface ImageInfo {
+  filename: string;
+  format: string;
+  virtualSize: number;
+  actualSize: number;
+  dirtyFlag?: boolean;
+  clusterSize?: number;
+  backingFilename?: string;
+  fullBackingFilename?: string;
+  backingFilenameFormat?: string;
+  formatSpecific?: { type: string; data: Record<string, unknown> };
+  snapshots?: SnapshotInfo[];
+}
+
+export interface SnapshotInfo {
+  id: string;
+  name: string;
+  vmStateSize: number;
+  dateSec: number;
+  dateNsec: number;
+  vmClockNsec: number;
+  icount?: number;
+}
+
+/** The result of a consistency check, with qemu-img check's vocabulary. */
+export interface CheckReport {
+  filename: string;
+  format: string;
+  checkErrors: number;
+  corruptions: number;
+  leaks: number;
+  corruptionsFixed: number;
+  leaksFixed: number;
+  imageEndOffset?: number;
+  totalClusters?: number;
+  allocatedClusters?: number;
+  fragmentedClusters?: number;
+  compressedClusters?: number;
+  /** One human line per problem found, in the order found. */
+  messages: string[];
+}
+
+export type RepairMode = 'leaks' | 'all';
+
+export interface Image extends BlockDevice {
+  readonly format: string;
+  readonly filename: string;
+  /** The image unallocated ranges read through to, already opened; null at the chain's end. */
+  readonly backing: Image | null;
+  /** Allocation granularity (cluster or grain size; 512 for raw files). */
+  readonly clusterSize: number;
+  info(): Promise<ImageInfo>;
+  check?(opts?: { repair?: RepairMode }): Promise<CheckReport>;
+  resize?(size: number, opts?: { shrink?: boolean; preallocation?: string }): Promise<void>;
+  amend?(options: Record<string, string>): Promise<void>;
+  /** Writes whole clusters compressed (convert -c); the range must be cluster-aligned. */
+  writeCompressed?(offset: number, data: Uint8Array): Promise<void>;
+}
+
+export interface OpenBackingRequest {
+  /** The backing name as written in the image. */
+  name: string;
+  /** The backing name resolved against the image's directory. */
+  resolved: string;
+  /** The format named in the image, if any: used as is, never probed. */
+  format?: string;
+  /** The image that names it, for error messages and cycle detection. */
+  from: string;
+}
+
+export interface OpenOptions {
+  readOnly?: boolean;
+  /** Opens the named backing file; absent means the image is opened without its backing chain. */
+  openBacking?: (req: OpenBackingRequest) => Promise<Image>;
+}
+
+export interface CreateOptions {
+  size: number;
+  /** Format options as given with -o, values unparsed. */
+  options: Record<string, string>;
+  backingFile?: string;
+  backingFormat?: string;
+}
+
+export interface CreateOptionSpec {
+  name: string;
+  type: 'size' | 'number' | 'bool' | 'string';
+  help: string;
+  default?: string;
+}
+
+export interface ImageFormat {
+  readonly name: string;
+  /** True when the first bytes of a file are this format's signature. raw never claims a file. */
+  probe(head: Uint8Array): boolean;
+  open(filename: string, opts: OpenOptions): Promise<Image>;
+  create(filename: string, opts: CreateOptions): Promise<void>;
+  readonly createOptions: CreateOptionSpec[];
+}

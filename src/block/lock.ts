@@ -1,0 +1,37 @@
+/** A FIFO async mutex: `run(fn)` executes fn when every earlier holder has finished. */
+export class Mutex {
+  private tail: Promise<void> = Promise.resolve();
+
+  run<T>(fn: () => Promise<T> | T): Promise<T> {
+    const result = this.tail.then(fn);
+    this.tail = result.then(
+      () => undefined,
+      () => undefined,
+    );
+    return result;
+  }
+}
+
+/**
+ * Locks on integer keys (cluster indexes): a writer allocating a cluster holds its key so that
+ * a second request for the same cluster waits instead of allocating it twice.
+ */
+export class KeyedLock {
+  private readonly held = new Map<number, Promise<void>>();
+
+  async acquire(keys: number[]): Promise<() => void> {
+    const sorted = [...new Set(keys)].sort((a, b) => a - b);
+    for (;;) {
+      const busy = sorted.map((k) => this.held.get(k)).filter((p): p is Promise<void> => !!p);
+      if (busy.length === 0) break;
+      await Promise.all(busy);
+    }
+    let release!: () => void;
+    const done = new Promise<void>((r) => (release = r));
+    for (const k of sorted) this.held.set(k, done);
+    return () => {
+      for (const k of sorted) if (this.held.get(k) === done) this.held.delete(k);
+      release();
+    };
+  }
+}
