@@ -27,16 +27,13 @@ export function checkRange(size: number, offset: number, length: number, what = 
   }
 }
 
-/** True when every byte of the buffer is zero. */
+const ZEROES = new Uint8Array(64 * 1024);
+
+/** True when every byte of the buffer is zero (memcmp against zeroes: several GB/s). */
 export function isZero(buf: Uint8Array): boolean {
-  const n = buf.byteLength;
-  let i = 0;
-  // Word-at-a-time when aligned: a DataView over 8-byte words is much faster than bytes.
-  if ((buf.byteOffset & 7) === 0 && n >= 64) {
-    const words = new BigUint64Array(buf.buffer, buf.byteOffset, n >>> 3);
-    for (let w = 0; w < words.length; w++) if (words[w] !== 0n) return false;
-    i = words.length << 3;
+  for (let o = 0; o < buf.byteLength; o += ZEROES.byteLength) {
+    const n = Math.min(ZEROES.byteLength, buf.byteLength - o);
+    if (Buffer.compare(buf.subarray(o, o + n), ZEROES.subarray(0, n)) !== 0) return false;
   }
-  for (; i < n; i++) if (buf[i] !== 0) return false;
   return true;
 }

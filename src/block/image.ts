@@ -63,6 +63,8 @@ export interface Image extends BlockDevice {
   amend?(options: Record<string, string>): Promise<void>;
   /** Writes whole clusters compressed (convert -c); the range must be cluster-aligned. */
   writeCompressed?(offset: number, data: Uint8Array): Promise<void>;
+  /** A read-only view of an internal snapshot's disk (convert -l), by id or name. */
+  openSnapshot?(idOrName: string): Promise<BlockDevice>;
 }
 
 export interface OpenBackingRequest {
@@ -97,6 +99,25 @@ export interface CreateOptionSpec {
   default?: string;
 }
 
+/** What `img measure` reports: host bytes a new image of this format needs. */
+export interface MeasureResult {
+  /** Bytes for the image holding `source`'s allocated data (or an empty image of `size`). */
+  required: number;
+  /** Bytes for the image with every cluster allocated. */
+  fullyAllocated: number;
+  /** Bytes the source's persistent bitmaps would take, where the format stores them. */
+  bitmaps?: number;
+}
+
+export interface MeasureOptions {
+  /** Virtual size; the source's size when a source is given. */
+  size: number;
+  /** Creation options, as with -o. */
+  options: Record<string, string>;
+  /** The image whose data would be converted into the new one. */
+  source?: BlockDevice;
+}
+
 export interface ImageFormat {
   readonly name: string;
   /** True when the first bytes of a file are this format's signature. raw never claims a file. */
@@ -104,4 +125,6 @@ export interface ImageFormat {
   open(filename: string, opts: OpenOptions): Promise<Image>;
   create(filename: string, opts: CreateOptions): Promise<void>;
   readonly createOptions: CreateOptionSpec[];
+  /** Space a new image needs (img measure). */
+  measure?(opts: MeasureOptions): Promise<MeasureResult>;
 }

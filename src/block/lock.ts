@@ -35,3 +35,54 @@ export class KeyedLock {
     };
   }
 }
+
+/**
+ * A readers-writer lock: many shared holders at once, or one exclusive holder. A waiting
+ * exclusive holder blocks new shared ones, so it is never starved by a stream of readers.
+ */
+export class RwLock {
+  private readers = 0;
+  private writer = false;
+  private readonly queue: { exclusive: boolean; go: () => void }[] = [];
+
+  async shared<T>(fn: () => Promise<T> | T): Promise<T> {
+    await this.lock(false);
+    try {
+      return await fn();
+    } finally {
+      this.readers--;
+      this.pump();
+    }
+  }
+
+  async exclusive<T>(fn: () => Promise<T> | T): Promise<T> {
+    await this.lock(true);
+    try {
+      return await fn();
+    } finally {
+      this.writer = false;
+      this.pump();
+    }
+  }
+
+  private lock(exclusive: boolean): Promise<void> {
+    if (!this.writer && this.queue.length === 0 && (!exclusive || this.readers === 0)) {
+      if (exclusive) this.writer = true;
+      else this.readers++;
+      return Promise.resolve();
+    }
+    return new Promise((go) => this.queue.push({ exclusive, go }));
+  }
+
+  private pump(): void {
+    while (this.queue.length > 0 && !this.writer) {
+      const next = this.queue[0];
+      if (next.exclusive) {
+        if (this.readers > 0) return;
+        this.writer = true;
+      } else this.readers++;
+      this.queue.shift();
+      next.go();
+    }
+  }
+}

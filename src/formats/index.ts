@@ -3,13 +3,16 @@
  * (cycles and over-deep chains refused, a named backing format used without probing).
  */
 import * as fs from 'node:fs/promises';
-import * as path from 'node:path';
 import { ImageError, fromSystemError } from '../block/errors';
 import { CreateOptions, Image, ImageFormat, OpenBackingRequest } from '../block/image';
+import { resolveBackingName } from './backing-name';
+import { qcow2 } from './qcow2/format';
 import { raw, RawImage } from './raw/raw';
 
+export { resolveBackingName };
+
 /** Probing order: every signature format first; raw is what is left. */
-export const FORMATS: ImageFormat[] = [raw];
+export const FORMATS: ImageFormat[] = [qcow2, raw];
 
 /** Longest chain img opens; qemu has no fixed limit, but a deeper chain is a loop or an attack. */
 export const MAX_CHAIN_DEPTH = 256;
@@ -86,12 +89,6 @@ async function openLayer(filename: string, opts: OpenImageOptions, seen: string[
   const image = await format.open(filename, { readOnly: opts.readOnly, openBacking });
   if (image instanceof RawImage && !opts.format) image.probed = true;
   return image;
-}
-
-/** Resolves a backing file name as qemu does: relative names are relative to the image's directory. */
-export function resolveBackingName(imageFilename: string, backing: string): string {
-  if (path.isAbsolute(backing) || /^[a-z0-9+]+:\/\//i.test(backing)) return backing;
-  return path.join(path.dirname(imageFilename), backing);
 }
 
 export async function createImage(format: string, filename: string, opts: CreateOptions): Promise<void> {

@@ -271,6 +271,12 @@ export const KNOWN_FEATURE_NAMES: FeatureName[] = [
   { type: 'autoclear', bit: 1, name: 'raw external data' },
 ];
 
+/** Bytes the bitmaps and unknown extensions take (they follow the feature table). */
+function extraBytes(h: Qcow2Header): number {
+  const all = [...(h.bitmapsExtension ? [h.bitmapsExtension] : []), ...h.unknownExtensions.map((e) => e.data)];
+  return all.reduce((n, d) => n + 8 + Math.ceil(d.byteLength / 8) * 8, 0);
+}
+
 /**
  * Serializes the header, its extensions and the backing name into one cluster-sized buffer.
  * Sets backingFileOffset/Size on `h` to where the name landed. Throws if it does not fit.
@@ -285,7 +291,11 @@ export function serializeHeader(h: Qcow2Header, file: string): Uint8Array {
   const text = (s: string) => new Uint8Array(Buffer.from(s, 'utf8'));
   if (h.backingFormat !== undefined && h.backingFile !== undefined) exts.push({ type: C.EXT_BACKING_FORMAT, data: text(h.backingFormat) });
   if (h.dataFile !== undefined) exts.push({ type: C.EXT_DATA_FILE, data: text(h.dataFile) });
-  if (h.version === 3) {
+  // The feature-name table is optional: like qemu, leave it out when the cluster has no room.
+  const nameBytes = h.backingFile ? Buffer.byteLength(h.backingFile, 'utf8') : 0;
+  const used = exts.reduce((n, e) => n + 8 + Math.ceil(e.data.byteLength / 8) * 8, headerLength + 8) + nameBytes;
+  const tableBytes = 8 + KNOWN_FEATURE_NAMES.length * C.FEATURE_NAME_ENTRY;
+  if (h.version === 3 && used + tableBytes + extraBytes(h) <= clusterSize) {
     const table = new Uint8Array(KNOWN_FEATURE_NAMES.length * C.FEATURE_NAME_ENTRY);
     KNOWN_FEATURE_NAMES.forEach((f, i) => {
       const o = i * C.FEATURE_NAME_ENTRY;

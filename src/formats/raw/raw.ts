@@ -5,7 +5,7 @@
 import { BlockDevice, Extent, WriteOptions, ZeroOptions } from '../../block/device';
 import { ImageError } from '../../block/errors';
 import { checkRange, pushExtent } from '../../block/extents';
-import { CreateOptions, CreateOptionSpec, Image, ImageFormat, ImageInfo, OpenOptions } from '../../block/image';
+import { CreateOptions, CreateOptionSpec, Image, ImageFormat, ImageInfo, MeasureOptions, MeasureResult, OpenOptions } from '../../block/image';
 import { HostFile } from '../../io/host-file';
 import { parsePreallocation, parseSize } from '../options';
 
@@ -66,10 +66,9 @@ export class RawImage implements Image, BlockDevice {
   async blockStatus(offset: number, length: number): Promise<Extent[]> {
     checkRange(this.size, offset, length, 'block status');
     const out: Extent[] = [];
+    // The mapping is the identity, holes included (qemu-img map reports their offset too).
     for (const e of await this.file.extents(offset, length)) {
-      pushExtent(out, e.data
-        ? { offset: e.offset, length: e.length, kind: 'data', depth: 0, hostOffset: e.offset }
-        : { offset: e.offset, length: e.length, kind: 'zero', depth: 0 });
+      pushExtent(out, { offset: e.offset, length: e.length, kind: e.data ? 'data' : 'zero', depth: 0, hostOffset: e.offset });
     }
     return out;
   }
@@ -134,6 +133,11 @@ export const raw: ImageFormat = {
     } finally {
       await file.close();
     }
+  },
+  // Unallocated sectors count towards a raw file's size, so both figures are the virtual size.
+  async measure(opts: MeasureOptions): Promise<MeasureResult> {
+    const required = opts.source ? opts.source.size : Math.ceil(opts.size / SECTOR) * SECTOR;
+    return { required, fullyAllocated: required };
   },
   createOptions: [
     { name: 'size', type: 'size', help: 'Virtual disk size' },

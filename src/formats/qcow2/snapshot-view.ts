@@ -1,0 +1,57 @@
+/**
+ * A read-only view of an internal snapshot's disk (convert -l): a second engine over the same
+ * files whose L1 table is the snapshot's. Unallocated ranges read through the image's backing.
+ */
+import { BlockDevice, Extent } from '../../block/device';
+import { ImageError } from '../../block/errors';
+import { checkRange } from '../../block/extents';
+import { Qcow2Core } from './core';
+import { findSnapshot, loadSnapshots } from './snapshot-table';
+
+export class SnapshotView implements BlockDevice {
+  readonly readOnly = true;
+
+  private constructor(private readonly core: Qcow2Core) {}
+
+  /** Opens snapshot `idOrName` (an id first, then a name, as qemu's -l does) of the image `of`. */
+  static async open(of: Qcow2Core, idOrName: string): Promise<SnapshotView> {
+    const fileSize = await of.file.size();
+    const table = await loadSnapshots(of.file, of.header, fileSize);
+    const snap = findSnapshot(table.entries, idOrName, of.file.path);
+    const header = { ...of.header, size: snap.diskSize ?? of.header.size, l1Size: snap.l1Size, l1TableOffset: snap.l1TableOffset };
+    const core = new Qcow2Core(of.file, of.dataFile, header, of.backing, fileSize);
+    await core.tables.loadL1();
+    return new SnapshotView(core);
+  }
+
+  get size(): number {
+    return this.core.size;
+  }
+
+  async read(offset: number, into: Uint8Array): Promise<void> {
+    checkRange(this.size, offset, into.byteLength, 'read');
+    await this.core.readPieces(await this.core.mapRange(offset, into.byteLength), into, offset);
+  }
+
+  async blockStatus(offset: number, length: number): Promise<Extent[]> {
+    checkRange(this.size, offset, length, 'block status');
+    return this.core.blockStatus(offset, length);
+  }
+
+  write(): Promise<void> {
+    return this.refuse();
+  }
+  writeZeroes(): Promise<void> {
+    return this.refuse();
+  }
+  discard(): Promise<void> {
+    return this.refuse();
+  }
+  async flush(): Promise<void> {}
+  /** The files belong to the image the view came from. */
+  async close(): Promise<void> {}
+
+  private refuse(): Promise<void> {
+    return Promise.reject(new ImageError('READ_ONLY', 'an internal snapshot is read-only', { file: this.core.file.path }));
+  }
+}
