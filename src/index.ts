@@ -1,0 +1,121 @@
+/**
+ * img as a library: open, create, inspect, check, convert and compare disk images.
+ *
+ * ```ts
+ * import { open, create, convert } from 'img';
+ * await create('disk.qcow2', { format: 'qcow2', size: 10 << 30 });
+ * const disk = await open('disk.qcow2');
+ * await disk.write(0, new Uint8Array(512));
+ * await disk.close();
+ * await convert({ source: 'disk.qcow2', target: 'disk.raw', targetFormat: 'raw' });
+ * ```
+ * Every failure is an `ImageError` with a stable `code`.
+ */
+import { ImageError } from './block/errors';
+import { CheckReport, Image, ImageInfo, RepairMode } from './block/image';
+import { backingSize, chainInfo } from './convert/chain';
+import { compareDevices, CompareOptions, CompareResult } from './convert/compare';
+import { convertImage, ConvertRequest } from './convert/convert';
+import { createImage, openImage, OpenImageOptions } from './formats/index';
+import { mapImage, MapEntry } from './cli/map';
+
+export type { BlockDevice, Extent, ExtentKind, WriteOptions, ZeroOptions } from './block/device';
+export { ImageError };
+export type { ErrorCode } from './block/errors';
+export type { CheckReport, Image, ImageInfo, RepairMode, SnapshotInfo, MeasureResult } from './block/image';
+export type { CompareResult, ConvertRequest, MapEntry, OpenImageOptions };
+export { FORMATS, findFormat, probeFormat } from './formats/index';
+export { parseSize } from './formats/options';
+
+/**
+ * Opens an image and its backing chain. The format is probed when not given (raw last; a
+ * probed raw image refuses writes to its first sector). `close()` closes the whole chain.
+ */
+export function open(filename: string, opts: OpenImageOptions = {}): Promise<Image> {
+  return openImage(filename, opts);
+}
+
+export interface CreateRequest {
+  /** Format name: 'raw', 'qcow2', … (default 'raw'). */
+  format?: string;
+  /** Virtual size in bytes; taken from the backing file when omitted. */
+  size?: number;
+  /** Format options as for `img create -o` (e.g. { cluster_size: '65536', compat: '1.1' }). */
+  options?: Record<string, string>;
+  backingFile?: string;
+  /** Format of the backing file: required with backingFile, never probed. */
+  backingFormat?: string;
+}
+
+/** Creates an image file (replacing an existing file of that name). */
+export async function create(filename: string, req: CreateRequest): Promise<void> {
+  let size = req.size;
+  if (size === undefined) {
+    if (!req.backingFile) throw new ImageError('INVALID_ARGUMENT', 'create: a size is needed when there is no backing file', { file: filename });
+    size = await backingSize(filename, req.backingFile, req.backingFormat);
+  }
+  await createImage(req.format ?? 'raw', filename, {
+    size,
+    options: req.options ?? {},
+    backingFile: req.backingFile,
+    backingFormat: req.backingFormat,
+  });
+}
+
+/** What `img info` shows: for the image alone, or (with `backingChain`) for each layer, top first. */
+export async function info(filename: string, opts: { format?: string; backingChain?: boolean } = {}): Promise<ImageInfo[]> {
+  const image = await openImage(filename, { format: opts.format, readOnly: true, backingChain: !!opts.backingChain });
+  try {
+    return await chainInfo(image, !!opts.backingChain);
+  } finally {
+    await image.close();
+  }
+}
+
+/** Checks an image's metadata (repairing with `repair`), as `img check` does. */
+export async function check(filename: string, opts: { format?: string; repair?: RepairMode } = {}): Promise<CheckReport> {
+  const image = await openImage(filename, { format: opts.format, readOnly: !opts.repair });
+  try {
+    if (!image.check) throw new ImageError('UNSUPPORTED', `the ${image.format} format does not support checks`, { file: filename });
+    return await image.check({ repair: opts.repair });
+  } finally {
+    await image.close();
+  }
+}
+
+/**
+ * Copies an image into a new one of any format, skipping holes and zeroes; the target
+ * appears under its name only when complete.
+ */
+export function convert(req: ConvertRequest): Promise<void> {
+  return convertImage(req);
+}
+
+/** Compares two images' contents as `img compare` does. */
+export async function compare(
+  a: string,
+  b: string,
+  opts: CompareOptions & { formatA?: string; formatB?: string } = {},
+): Promise<CompareResult> {
+  const ia = await openImage(a, { format: opts.formatA, readOnly: true });
+  try {
+    const ib = await openImage(b, { format: opts.formatB, readOnly: true });
+    try {
+      return await compareDevices(ia, ib, opts);
+    } finally {
+      await ib.close();
+    }
+  } finally {
+    await ia.close();
+  }
+}
+
+/** Where an image's data lies, as `img map --output=json` lists it. */
+export async function map(filename: string, opts: { format?: string } = {}): Promise<MapEntry[]> {
+  const image = await openImage(filename, { format: opts.format, readOnly: true });
+  try {
+    return await mapImage(image);
+  } finally {
+    await image.close();
+  }
+}
