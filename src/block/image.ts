@@ -127,4 +127,9 @@ export interface ImageFormat {
   readonly createOptions: CreateOptionSpec[];
   /** Space a new image needs (img measure). */
   measure?(opts: MeasureOptions): Promise<MeasureResult>;
+  /**
+   * Checks (and repairs) a file without opening it as an image, as qemu's lenient check-mode
+   * open does, so images too broken to open can still be checked and repaired.
+   */
+  checkFile?(filename: string, opts: { repair?: RepairMode }): Promise<CheckReport>;
 }

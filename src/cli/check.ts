@@ -5,8 +5,8 @@
  */
 import { Command } from 'commander';
 import { ImageError } from '../block/errors';
-import { CheckReport, RepairMode } from '../block/image';
-import { openImage } from '../formats/index';
+import { CheckReport, Image, RepairMode } from '../block/image';
+import { findFormat, openImage, probeFormat } from '../formats/index';
 import { action } from './command';
 import { formatArg, outputFormat, say } from './common';
 import { qjson, QValue } from './qjson';
@@ -83,13 +83,20 @@ export function register(program: Command): void {
       action(1, async ({ opts, args }) => {
         const output = outputFormat(opts.output);
         const repair = repairMode(opts.r);
-        const image = await openImage(args[0], { format: formatArg(opts.f), readOnly: !repair });
+        const format = findFormat(formatArg(opts.f) ?? (await probeFormat(args[0])));
+        // A format that checks the file itself also handles images too broken to open.
+        let image: Image | undefined;
+        const runCheck = async (r?: RepairMode): Promise<CheckReport | undefined> => {
+          if (format.checkFile) return format.checkFile(args[0], { repair: r });
+          image ??= await openImage(args[0], { format: format.name, readOnly: !repair, backingChain: false });
+          return image.check?.({ repair: r });
+        };
         try {
-          if (!image.check) {
-            process.stderr.write(`img: ${image.filename}: the ${image.format} format does not support checks\n`);
+          let report = await runCheck(repair);
+          if (!report) {
+            process.stderr.write(`img: ${args[0]}: the ${format.name} format does not support checks\n`);
             return CHECK_UNSUPPORTED;
           }
-          let report = await image.check({ repair });
           for (const line of report.messages) process.stderr.write(`${line}\n`);
           if (repair && (report.leaksFixed || report.corruptionsFixed)) {
             if (output === 'human') {
@@ -99,13 +106,13 @@ export function register(program: Command): void {
               );
             }
             const fixed = report;
-            report = { ...(await image.check()), leaksFixed: fixed.leaksFixed, corruptionsFixed: fixed.corruptionsFixed };
+            report = { ...(await runCheck())!, leaksFixed: fixed.leaksFixed, corruptionsFixed: fixed.corruptionsFixed };
           }
           if (output === 'json') process.stdout.write(qjson(checkJson(report)) + '\n');
           else say(opts, checkHuman(report));
           return checkStatus(report);
         } finally {
-          await image.close();
+          await image?.close();
         }
       }),
     );

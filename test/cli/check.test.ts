@@ -71,6 +71,28 @@ describe('img check against qemu-img check', () => {
     });
   }
 
+  it('an image with the corrupt bit set is checked and, with -r all, cleared as qemu-img does', () => {
+    const INCOMPATIBLE_FEATURES = 72;
+    const CORRUPT_BIT = 2n;
+    for (const who of ['img', 'qemu']) {
+      fs.copyFileSync(`${dir}/leak.qcow2`, `${dir}/${who}-flagged.qcow2`);
+      const fd = fs.openSync(`${dir}/${who}-flagged.qcow2`, 'r+');
+      const bits = Buffer.alloc(8);
+      bits.writeBigUInt64BE(CORRUPT_BIT);
+      fs.writeSync(fd, bits, 0, 8, INCOMPATIBLE_FEATURES);
+      fs.closeSync(fd);
+    }
+    const plain = { img: imgIn(dir, 'check', 'img-flagged.qcow2'), qemu: qemuIn(dir, 'check', 'qemu-flagged.qcow2') };
+    assert.equal(plain.img.status, plain.qemu.status, plain.img.stderr);
+    const mine = imgIn(dir, 'check', '-r', 'all', 'img-flagged.qcow2');
+    const theirs = qemuIn(dir, 'check', '-r', 'all', 'qemu-flagged.qcow2');
+    assert.equal(mine.status, theirs.status, mine.stderr);
+    assert.equal(mine.stdout, theirs.stdout);
+    const corrupt = (f: string) => JSON.parse(qemuImg('info', '--output=json', `${dir}/${f}`))['format-specific'].data.corrupt;
+    assert.equal(corrupt('img-flagged.qcow2'), corrupt('qemu-flagged.qcow2'));
+    assert.equal(corrupt('img-flagged.qcow2'), false);
+  });
+
   it('a missing file or a bad -r value: exit 1, one line', () => {
     for (const args of [['missing.qcow2'], ['-r', 'some', 'clean.qcow2']]) {
       const r = imgIn(dir, 'check', ...args);

@@ -1,5 +1,6 @@
 /** The qcow2 entry in the format registry. */
 import { ImageFormat } from '../../block/image';
+import { checkQcow2Path } from './check';
 import { createQcow2, QCOW2_CREATE_OPTIONS } from './create';
 import { isQcow2 } from './header';
 import { Qcow2Image } from './image';
@@ -12,4 +13,5 @@ export const qcow2: ImageFormat = {
   create: createQcow2,
   createOptions: QCOW2_CREATE_OPTIONS,
   measure: measureQcow2,
+  checkFile: checkQcow2Path,
 };
