@@ -69,6 +69,21 @@ function repairMode(value: unknown): RepairMode | undefined {
   return value;
 }
 
+/**
+ * qemu-img check fails when the image's backing chain cannot be opened (missing file, loop).
+ * An image too broken to open even without its chain is left to the format's checkFile.
+ */
+async function requireBackingChain(file: string, format: string): Promise<void> {
+  try {
+    await (await openImage(file, { format, readOnly: true })).close();
+  } catch (err) {
+    const alone = await openImage(file, { format, readOnly: true, backingChain: false }).catch(() => undefined);
+    if (!alone) return;
+    await alone.close();
+    throw err;
+  }
+}
+
 export function register(program: Command): void {
   program
     .command('check')
@@ -85,6 +100,7 @@ export function register(program: Command): void {
         const repair = repairMode(opts.r);
         const format = findFormat(formatArg(opts.f) ?? (await probeFormat(args[0])));
         // A format that checks the file itself also handles images too broken to open.
+        if (format.checkFile) await requireBackingChain(args[0], format.name);
         let image: Image | undefined;
         const runCheck = async (r?: RepairMode): Promise<CheckReport | undefined> => {
           if (format.checkFile) return format.checkFile(args[0], { repair: r });
