@@ -1,6 +1,6 @@
 #!/bin/sh
 # img convert vs qemu-img convert on the same image, same run: raw->qcow2, qcow2->raw, and
-# compressed qcow2 with zlib and zstd. Prints wall time, CPU time (user+sys) and peak RSS of
+# compressed qcow2 with zlib and zstd, vmdk (sparse, streamOptimized, and a stream to a pipe). Prints wall time, CPU time (user+sys) and peak RSS of
 # each tool and the img/qemu-img ratio, and checks that both outputs compare equal.
 #
 # The source is a 1.5 GiB raw disk with real content: 400 MiB of files from /usr (as a tar
@@ -75,5 +75,15 @@ run_case "qcow2 -> raw" "$DIR/source.qcow2" raw
 run_case "raw -> qcow2 -c zlib" "$SRC" qcow2 -c -o compression_type=zlib
 run_case "raw -> qcow2 -c zstd" "$SRC" qcow2 -c -o compression_type=zstd
 qemu-img check -q "$DIR/out-img.qcow2" && printf "\nimg's zstd qcow2 passes qemu-img check\n"
-rm -f "$DIR"/out-*.qcow2 "$DIR"/out-*.raw "$DIR/time.txt" "$DIR/err.txt"
+qemu-img convert -f raw -O vdi "$SRC" "$DIR/source.vdi"
+run_case "raw -> vdi" "$SRC" vdi
+run_case "vdi -> raw" "$DIR/source.vdi" raw
+run_case "raw -> vmdk" "$SRC" vmdk
+run_case "raw -> vmdk stream" "$SRC" vmdk -o subformat=streamOptimized
+# To a pipe: img only (qemu-img cannot write a stream without seeking); same bytes as the file.
+measure sh -c "$IMG convert -O vmdk -o subformat=streamOptimized '$SRC' - | cat > '$DIR/out-pipe.vmdk'"
+same=$(cmp -s "$DIR/out-pipe.vmdk" "$DIR/out-img.vmdk" && echo "same bytes as img's file" || echo "DIFFERS from img's file")
+row "raw -> vmdk stream, -" "img | cat" "$wall" "$cpu" "$rss" "$(size_mib "$DIR/out-pipe.vmdk") ($same)"
+rm -f "$DIR"/out-*.vmdk
+rm -f "$DIR"/out-*.qcow2 "$DIR"/out-*.raw "$DIR"/out-*.vdi "$DIR/time.txt" "$DIR/err.txt"
 echo "(machine: $(nproc) CPUs; source kept in $DIR)"

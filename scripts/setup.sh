@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 need=""
 command -v qemu-img >/dev/null 2>&1 || need="$need qemu-utils"
 command -v nbdinfo >/dev/null 2>&1 || need="$need libnbd-bin"
+command -v openssl >/dev/null 2>&1 || need="$need openssl" # certificates for the NBD TLS tests
 command -v g++ >/dev/null 2>&1 || need="$need g++"
 command -v make >/dev/null 2>&1 || need="$need make"
 command -v python3 >/dev/null 2>&1 || need="$need python3"

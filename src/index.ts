@@ -9,23 +9,41 @@
  * await disk.close();
  * await convert({ source: 'disk.qcow2', target: 'disk.raw', targetFormat: 'raw' });
  * ```
+ *
+ * Internal snapshots and backing chains:
+ * ```ts
+ * import { snapshots, overlay, rebase, commit, openChain } from 'img';
+ * await snapshots.create('disk.qcow2', 'before-upgrade');
+ * await snapshots.apply('disk.qcow2', 'before-upgrade');
+ * await overlay('work.qcow2', { backingFile: 'disk.qcow2', backingFormat: 'qcow2' });
+ * await commit({ file: 'work.qcow2' });
+ * ```
  * Every failure is an `ImageError` with a stable `code`.
  */
 import { ImageError } from './block/errors';
-import { CheckReport, Image, ImageInfo, RepairMode } from './block/image';
+import { CheckReport, Image, ImageInfo, RepairMode, SnapshotInfo, SnapshotSelector } from './block/image';
 import { backingSize, chainInfo } from './convert/chain';
 import { compareDevices, CompareOptions, CompareResult } from './convert/compare';
 import { convertImage, ConvertRequest } from './convert/convert';
 import { createImage, openImage, OpenImageOptions } from './formats/index';
 import { mapImage, MapEntry } from './cli/map';
+import { chainLayers, createOverlay, OverlayRequest } from './snapshot/chain';
+import { commitImage, CommitRequest } from './snapshot/commit';
+import { rebaseImage, RebaseRequest } from './snapshot/rebase';
+import { applySnapshot, createSnapshot, deleteSnapshot, listSnapshots, SnapshotFileOptions } from './snapshot/snapshots';
 
 export type { BlockDevice, Extent, ExtentKind, WriteOptions, ZeroOptions } from './block/device';
 export { ImageError };
 export type { ErrorCode } from './block/errors';
-export type { CheckReport, Image, ImageInfo, RepairMode, SnapshotInfo, MeasureResult } from './block/image';
+export type { CheckReport, Image, ImageInfo, RepairMode, SnapshotInfo, SnapshotSelector, MeasureResult } from './block/image';
 export type { CompareResult, ConvertRequest, MapEntry, OpenImageOptions };
+export type { CommitRequest, OverlayRequest, RebaseRequest, SnapshotFileOptions };
 export { FORMATS, findFormat, probeFormat } from './formats/index';
 export { parseSize } from './formats/options';
+/** NBD: serve any BlockDevice (`new NbdServer({ exports, … }).listen(…)`); nbd:// URIs open with `open`. */
+export { NbdServer } from './nbd/server';
+export type { ListenAddress, ServerOptions as NbdServerOptions } from './nbd/server';
+export type { NbdExport } from './nbd/export';
 
 /**
  * Opens an image and its backing chain. The format is probed when not given (raw last; a
@@ -45,14 +63,17 @@ export interface CreateRequest {
   backingFile?: string;
   /** Format of the backing file: required with backingFile, never probed. */
   backingFormat?: string;
+  /** Do not open the backing file (by default it is opened, with its chain, as qemu-img create does). */
+  unsafe?: boolean;
 }
 
 /** Creates an image file (replacing an existing file of that name). */
 export async function create(filename: string, req: CreateRequest): Promise<void> {
   let size = req.size;
+  const fromBacking = req.backingFile && !req.unsafe ? await backingSize(filename, req.backingFile, req.backingFormat) : undefined;
   if (size === undefined) {
-    if (!req.backingFile) throw new ImageError('INVALID_ARGUMENT', 'create: a size is needed when there is no backing file', { file: filename });
-    size = await backingSize(filename, req.backingFile, req.backingFormat);
+    if (fromBacking === undefined) throw new ImageError('INVALID_ARGUMENT', 'create: a size is needed when there is no backing file to take it from', { file: filename });
+    size = fromBacking;
   }
   await createImage(req.format ?? 'raw', filename, {
     size,
@@ -118,4 +139,51 @@ export async function map(filename: string, opts: { format?: string } = {}): Pro
   } finally {
     await image.close();
   }
+}
+
+/**
+ * Internal snapshots of an image file (qcow2), as `img snapshot` handles them. A string names
+ * a snapshot as qemu-img does: `apply` tries ids first, then names; `delete` takes names only;
+ * `{ id, name }` must match every field given.
+ */
+export const snapshots = {
+  list: (file: string, opts?: SnapshotFileOptions): Promise<SnapshotInfo[]> => listSnapshots(file, opts),
+  create: (file: string, name: string, opts?: SnapshotFileOptions & { date?: Date }): Promise<SnapshotInfo> => createSnapshot(file, name, opts),
+  apply: (file: string, snapshot: SnapshotSelector, opts?: SnapshotFileOptions): Promise<SnapshotInfo> => applySnapshot(file, snapshot, opts),
+  delete: (file: string, snapshot: SnapshotSelector, opts?: SnapshotFileOptions): Promise<SnapshotInfo> => deleteSnapshot(file, snapshot, opts),
+};
+export { applySnapshot, createSnapshot, deleteSnapshot, listSnapshots };
+
+/** An image opened with its backing chain, every layer at hand. */
+export interface Chain {
+  top: Image;
+  /** The top image first, then its backing file, and so on (index = depth in `img map`). */
+  layers: Image[];
+  /** Closes every layer. */
+  close(): Promise<void>;
+}
+
+/**
+ * Opens an image and its whole backing chain (cycles and over-deep chains refused, each
+ * backing file opened in the format its overlay names, a missing one reported as written and
+ * as resolved). Layers below the top are read-only.
+ */
+export async function openChain(filename: string, opts: OpenImageOptions = {}): Promise<Chain> {
+  const top = await openImage(filename, { ...opts, backingChain: true });
+  return { top, layers: chainLayers(top), close: () => top.close() };
+}
+
+/** Creates `file` (qcow2 by default) on top of a backing file; its size is the backing file's unless given. */
+export function overlay(file: string, req: OverlayRequest): Promise<void> {
+  return createOverlay(file, req);
+}
+
+/** Gives an image another backing file, or none (`backingFile: ''`), keeping what it reads (unless `unsafe`). */
+export function rebase(req: RebaseRequest): Promise<void> {
+  return rebaseImage(req);
+}
+
+/** Writes what an image holds into its backing file (or the base named), then empties it unless `drop`. */
+export function commit(req: CommitRequest): Promise<void> {
+  return commitImage(req);
 }

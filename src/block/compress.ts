@@ -11,7 +11,8 @@ import { isMainThread, parentPort, Worker, workerData } from 'node:worker_thread
 import * as zlib from 'node:zlib';
 import * as zstd from 'zstd-napi/binding';
 
-export type CompressionType = 'deflate' | 'zstd';
+/** deflate: raw stream (qcow2); zlib: deflate with the zlib wrapper, as zlib's compress() (vmdk grains); zstd. */
+export type CompressionType = 'deflate' | 'zlib' | 'zstd';
 
 /** qemu: deflateInit2(Z_DEFAULT_COMPRESSION, Z_DEFLATED, -12, 9, Z_DEFAULT_STRATEGY), raw stream. */
 const DEFLATE_WINDOW_BITS = 12;
@@ -32,6 +33,11 @@ export function compressSync(type: CompressionType, data: Uint8Array, limit: num
       memLevel: DEFLATE_MEM_LEVEL,
       strategy: zlib.constants.Z_DEFAULT_STRATEGY,
     });
+    return out.byteLength < limit ? out : null;
+  }
+  if (type === 'zlib') {
+    // zlib's compress(): Z_DEFAULT_COMPRESSION, 32 KiB window, zlib header and adler32.
+    const out = zlib.deflateSync(data);
     return out.byteLength < limit ? out : null;
   }
   zstdCCtx ??= new zstd.CCtx();
@@ -55,6 +61,16 @@ export function decompressSync(type: CompressionType, src: Uint8Array, size: num
       throw new Error(`deflate stream is invalid (${(err as Error).message})`);
     }
     if (out.byteLength !== size) throw new Error(`deflate stream holds ${out.byteLength} bytes, expected ${size}`);
+    return out;
+  }
+  if (type === 'zlib') {
+    let out: Buffer;
+    try {
+      out = zlib.inflateSync(src, { maxOutputLength: size });
+    } catch (err) {
+      throw new Error(`zlib stream is invalid (${(err as Error).message})`);
+    }
+    if (out.byteLength !== size) throw new Error(`zlib stream holds ${out.byteLength} bytes, expected ${size}`);
     return out;
   }
   zstdDCtx ??= new zstd.DCtx();

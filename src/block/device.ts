@@ -19,6 +19,12 @@ export interface Extent {
   hostOffset?: number;
   /** The data is stored compressed (qcow2 compressed clusters, vmdk streamOptimized grains). */
   compressed?: boolean;
+  /**
+   * A 'zero' range that reads as zeroes only because the layer at `depth` ends before it (a
+   * backing file shorter than the image above it). qemu-img map shows it one layer up, as not
+   * present: the layer above has nothing there and its backing file has no bytes there.
+   */
+  pastBackingEnd?: boolean;
 }
 
 export interface WriteOptions {

@@ -11,6 +11,7 @@ export function pushExtent(list: Extent[], e: Extent): void {
     last.kind === e.kind &&
     last.depth === e.depth &&
     !!last.compressed === !!e.compressed &&
+    !!last.pastBackingEnd === !!e.pastBackingEnd &&
     (last.hostOffset === undefined) === (e.hostOffset === undefined) &&
     (last.hostOffset === undefined || last.hostOffset + last.length === e.hostOffset)
   ) {

@@ -3,6 +3,7 @@
  * (info, check, map, resize, amend, convert) need to know of it. Capabilities a format
  * lacks are simply absent; callers test for them and report UNSUPPORTED.
  */
+import { ByteSink } from '../io/sink';
 import { BlockDevice } from './device';
 
 /** Mirrors the fields of `qemu-img info --output=json`, in camelCase. */
@@ -28,7 +29,15 @@ export interface SnapshotInfo {
   dateNsec: number;
   vmClockNsec: number;
   icount?: number;
+  /** Virtual disk size when the snapshot was taken (what applying it restores). */
+  diskSize?: number;
 }
+
+/**
+ * An internal snapshot by id or name (a string, matched as qemu-img does: an id first, then
+ * a name for apply and convert -l; only a name for delete), or by id and/or name exactly.
+ */
+export type SnapshotSelector = string | { id?: string; name?: string };
 
 /** The result of a consistency check, with qemu-img check's vocabulary. */
 export interface CheckReport {
@@ -63,8 +72,22 @@ export interface Image extends BlockDevice {
   amend?(options: Record<string, string>): Promise<void>;
   /** Writes whole clusters compressed (convert -c); the range must be cluster-aligned. */
   writeCompressed?(offset: number, data: Uint8Array): Promise<void>;
+  /** Only compressed writes are possible (vmdk streamOptimized): convert then compresses by itself. */
+  readonly needsCompressedWrites?: boolean;
+  /** Files besides `filename` that hold the image's data (vmdk extents): removed with a failed convert target. */
+  readonly dataFiles?: readonly string[];
   /** A read-only view of an internal snapshot's disk (convert -l), by id or name. */
-  openSnapshot?(idOrName: string): Promise<BlockDevice>;
+  openSnapshot?(snapshot: SnapshotSelector): Promise<BlockDevice>;
+  /** Internal snapshots, in table order (formats that have them). */
+  listSnapshots?(): Promise<SnapshotInfo[]>;
+  /** Takes an internal snapshot of the disk as it is now; returns it with its new id. */
+  createSnapshot?(name: string, opts?: { date?: Date }): Promise<SnapshotInfo>;
+  /** Reverts the disk (and its virtual size) to an internal snapshot, which is kept. */
+  applySnapshot?(snapshot: SnapshotSelector): Promise<SnapshotInfo>;
+  /** Deletes an internal snapshot, freeing what only it held; returns what it was. */
+  deleteSnapshot?(snapshot: SnapshotSelector): Promise<SnapshotInfo>;
+  /** Drops every mapping of this layer so it reads through to its backing file (commit). */
+  makeEmpty?(): Promise<void>;
 }
 
 export interface OpenBackingRequest {
@@ -82,6 +105,11 @@ export interface OpenOptions {
   readOnly?: boolean;
   /** Opens the named backing file; absent means the image is opened without its backing chain. */
   openBacking?: (req: OpenBackingRequest) => Promise<Image>;
+  /**
+   * The backing file to use, given by the caller, where the image does not name one by file
+   * name (a VDI differencing image names its parent by UUID): opened through openBacking.
+   */
+  backingFile?: string;
 }
 
 export interface CreateOptions {
@@ -90,6 +118,28 @@ export interface CreateOptions {
   options: Record<string, string>;
   backingFile?: string;
   backingFormat?: string;
+  /**
+   * The name the image will have once complete, when it is created under a temporary one
+   * (convert): formats that record file names inside the image (vmdk extents) use it.
+   */
+  finalName?: string;
+  /** The image being converted into this one, if any (a vmdk stream names its extent after it). */
+  sourceName?: string;
+}
+
+/**
+ * A new image written in one pass to a sequential sink (convert to '-'): writes must come in
+ * ascending order; finish() appends what ends the image.
+ */
+export interface StreamTarget {
+  readonly size: number;
+  readonly clusterSize: number;
+  readonly filename: string;
+  readonly needsCompressedWrites?: boolean;
+  write(offset: number, data: Uint8Array): Promise<void>;
+  writeZeroes(offset: number, length: number): Promise<void>;
+  writeCompressed(offset: number, data: Uint8Array): Promise<void>;
+  finish(): Promise<void>;
 }
 
 export interface CreateOptionSpec {
@@ -125,6 +175,8 @@ export interface ImageFormat {
   open(filename: string, opts: OpenOptions): Promise<Image>;
   create(filename: string, opts: CreateOptions): Promise<void>;
   readonly createOptions: CreateOptionSpec[];
+  /** Starts a new image written in one pass to `sink` (formats that can be streamed to a pipe). */
+  createStream?(sink: ByteSink, opts: CreateOptions): Promise<StreamTarget>;
   /** Space a new image needs (img measure). */
   measure?(opts: MeasureOptions): Promise<MeasureResult>;
   /**

@@ -6,7 +6,8 @@ import { Command } from 'commander';
 import { ImageError } from '../block/errors';
 import { convertImage } from '../convert/convert';
 import { findFormat } from '../formats/index';
-import { parseSize } from '../formats/options';
+import { parseOptionList, parseSize } from '../formats/options';
+import { SnapshotSelector } from '../block/image';
 import { action } from './command';
 import { backingArgs, collect, formatArg, optionMap } from './common';
 import { isHelpRequest, optionHelp } from './create';
@@ -38,11 +39,21 @@ function inFlightArg(value: unknown): number | undefined {
   return n;
 }
 
-/** -l takes "snapshot.id=ID", "snapshot.name=NAME" or an id or name. */
-function snapshotArg(value: unknown): string | undefined {
+/**
+ * -l takes "snapshot.id=ID[,snapshot.name=NAME]" (every field given must match, as qemu-img's
+ * bdrv_snapshot_load_tmp) or a bare id or name (an id first, then a name).
+ */
+export function snapshotArg(value: unknown): SnapshotSelector | undefined {
   if (value === undefined) return undefined;
-  const m = /(?:^|,)snapshot\.(?:id|name)=([^,]*)/.exec(value as string);
-  return m ? m[1] : (value as string);
+  const text = value as string;
+  if (!text.startsWith('snapshot.')) return text;
+  const sel: { id?: string; name?: string } = {};
+  for (const [k, v] of Object.entries(parseOptionList(text))) {
+    if (k === 'snapshot.id') sel.id = v;
+    else if (k === 'snapshot.name') sel.name = v;
+    else throw new ImageError('INVALID_ARGUMENT', `Failed in parsing snapshot param '${text}': unknown parameter '${k}'`);
+  }
+  return sel;
 }
 
 export function register(program: Command): void {

@@ -43,10 +43,12 @@ export function register(program: Command): void {
         const [file, sizeText] = args;
         if (!file) throw new ImageError('INVALID_ARGUMENT', 'create: expecting a filename');
         const { backingFile: backing, backingFormat } = backingArgs(opts.b, opts.F, options, file);
+        // As qemu-img: the backing file (and its chain) is opened unless -u, even when a size is given.
+        const fromBacking = backing && !opts.u ? await backingSize(file, backing, backingFormat) : undefined;
         let size: number;
         if (sizeText !== undefined) size = parseSize(sizeText, 'image size');
         else if (options.size !== undefined) size = parseSize(options.size, 'image size');
-        else if (backing && !opts.u) size = await backingSize(file, backing, backingFormat);
+        else if (fromBacking !== undefined) size = fromBacking;
         else throw new ImageError('INVALID_ARGUMENT', 'create: image size must be given (or taken from a backing file)', { file });
         delete options.size;
         const shown = Object.entries(options).map(([k, v]) => ` ${k}=${v}`).join('');

@@ -1,12 +1,12 @@
 /** img info [-f fmt] [--output=human|json] [--backing-chain] file */
 import { Command } from 'commander';
-import { ImageInfo, SnapshotInfo } from '../block/image';
+import { ImageInfo } from '../block/image';
 import { chainInfo } from '../convert/chain';
 import { openImage } from '../formats/index';
 import { action } from './command';
 import { formatArg, outputFormat } from './common';
 import { qhuman, qjson, QValue } from './qjson';
-import { snapshotHeader, snapshotLine } from './snapshot-list';
+import { snapshotHeader, snapshotJson, snapshotLine } from './snapshot-list';
 import { sizeToStr } from './text';
 
 const kebab = (key: string): string => key.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
@@ -20,26 +20,13 @@ function kebabKeys(value: unknown): QValue {
   return value as QValue;
 }
 
-function snapshotJson(s: SnapshotInfo): QValue {
-  return {
-    id: s.id,
-    name: s.name,
-    'vm-state-size': s.vmStateSize,
-    'date-sec': s.dateSec,
-    'date-nsec': s.dateNsec,
-    'vm-clock-sec': Math.floor(s.vmClockNsec / 1e9),
-    'vm-clock-nsec': s.vmClockNsec % 1e9,
-    icount: s.icount,
-  };
-}
-
 /** An ImageInfo as qemu's QAPI ImageInfo object (keys in qemu's declaration order). */
 export function infoJson(info: ImageInfo): { [key: string]: QValue | undefined } {
   return {
     filename: info.filename,
     format: info.format,
     'dirty-flag': info.dirtyFlag ?? false,
-    'actual-size': info.actualSize,
+    'actual-size': info.actualSize >= 0 ? info.actualSize : undefined, // unknown for NBD exports, as in qemu
     'virtual-size': info.virtualSize,
     'cluster-size': info.clusterSize,
     'backing-filename': info.backingFilename,

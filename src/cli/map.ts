@@ -23,6 +23,8 @@ export interface MapEntry {
 const WINDOW = 1 << 30;
 
 function entryOf(e: Extent): MapEntry {
+  // Zeroes past the end of a short backing file: qemu-img map stops at the layer above it.
+  if (e.pastBackingEnd) return { start: e.offset, length: e.length, depth: e.depth - 1, present: false, zero: true, data: false, offset: e.hostOffset };
   return {
     start: e.offset,
     length: e.length,

@@ -7,6 +7,7 @@ import { findFormat, openImage } from '../formats/index';
 import { parseSize } from '../formats/options';
 import { action } from './command';
 import { collect, formatArg, optionMap, outputFormat } from './common';
+import { snapshotArg } from './convert';
 import { qjson } from './qjson';
 
 export function register(program: Command): void {
@@ -38,7 +39,7 @@ export function register(program: Command): void {
           let source: BlockDevice = image;
           try {
             if (opts.l !== undefined) {
-              source = await openSnapshotOf(image, opts.l as string);
+              source = await openSnapshotOf(image, snapshotArg(opts.l)!);
             }
             result = await format.measure({ size: source.size, options, source });
           } finally {

@@ -5,6 +5,7 @@
 import { Command } from 'commander';
 import * as amend from './amend';
 import * as check from './check';
+import * as commit from './commit';
 import * as compare from './compare';
 import * as convert from './convert';
 import * as create from './create';
@@ -13,7 +14,10 @@ import * as demo from './demo';
 import * as info from './info';
 import * as map from './map';
 import * as measure from './measure';
+import * as rebase from './rebase';
 import * as resize from './resize';
+import * as snapshot from './snapshot';
+import * as serve from './serve';
 
 // eslint-disable-next-line @typescript-eslint/no-require-imports
 const { version } = require('../../../package.json') as { version: string };
@@ -24,7 +28,7 @@ export function buildProgram(): Command {
     .version(version, '-V, --version')
     .option('--debug', 'show stack traces of failures')
     .showHelpAfterError('(run img <command> --help for usage)');
-  for (const sub of [create, info, check, convert, compare, map, resize, measure, amend, dd, demo]) sub.register(program);
+  for (const sub of [create, info, check, convert, compare, map, resize, measure, amend, snapshot, rebase, commit, dd, demo, serve]) sub.register(program);
   return program;
 }
 

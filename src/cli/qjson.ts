@@ -52,7 +52,7 @@ function quote(s: string): string {
     else if (ch === '\r') out += '\\r';
     else if (ch === '\t') out += '\\t';
     else if (c < 0x20 || c > 0x7e) {
-      for (const unit of ch.split('')) out += '\\u' + unit.charCodeAt(0).toString(16).padStart(4, '0');
+      for (const unit of ch.split('')) out += '\\u' + unit.charCodeAt(0).toString(16).toUpperCase().padStart(4, '0');
     } else out += ch;
   }
   return out + '"';

@@ -1,6 +1,6 @@
 /** Walking what openImage opened: the image and every layer of its backing chain (close() closes them all). */
 import { Image, ImageInfo } from '../block/image';
-import { openImage, resolveBackingName } from '../formats/index';
+import { backingImageSize } from '../snapshot/chain';
 
 /** The infos of an image and, with `wholeChain`, of every image below it, top first. */
 export async function chainInfo(image: Image, wholeChain: boolean): Promise<ImageInfo[]> {
@@ -9,12 +9,10 @@ export async function chainInfo(image: Image, wholeChain: boolean): Promise<Imag
   return infos;
 }
 
-/** The virtual size of the backing file `backing` named by a new image `file` (its default size). */
-export async function backingSize(file: string, backing: string, backingFormat: string | undefined): Promise<number> {
-  const image = await openImage(resolveBackingName(file, backing), { format: backingFormat, readOnly: true });
-  try {
-    return image.size;
-  } finally {
-    await image.close();
-  }
+/**
+ * The virtual size of the backing file `backing` named by a new image `file` (its default
+ * size). Opening it checks its whole chain; a missing file is named as written and as resolved.
+ */
+export function backingSize(file: string, backing: string, backingFormat: string | undefined): Promise<number> {
+  return backingImageSize(file, backing, backingFormat);
 }

@@ -47,7 +47,7 @@ export async function stageTarget(format: string, finalName: string, opts: Creat
   staging.add(temp);
   let image: Image;
   try {
-    await fmt.create(temp, opts);
+    await fmt.create(temp, { ...opts, finalName });
     image = await openImage(temp, { format, readOnly: false });
   } catch (err) {
     await removeTemp();
@@ -69,8 +69,10 @@ export async function stageTarget(format: string, finalName: string, opts: Creat
       }
     },
     async abort(err: unknown) {
+      const dataFiles = image.dataFiles ?? [];
       await image.close().catch(() => undefined);
       await removeTemp();
+      for (const f of dataFiles) await fs.rm(f, { force: true }).catch(() => undefined);
       return renamed(err, temp, finalName);
     },
   };

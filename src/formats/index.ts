@@ -5,14 +5,18 @@
 import * as fs from 'node:fs/promises';
 import { ImageError, fromSystemError } from '../block/errors';
 import { CreateOptions, Image, ImageFormat, OpenBackingRequest } from '../block/image';
+import { openNbd } from '../nbd/client';
+import { isNbdUri } from '../nbd/uri';
 import { resolveBackingName } from './backing-name';
 import { qcow2 } from './qcow2/format';
 import { raw, RawImage } from './raw/raw';
+import { vdi } from './vdi/format';
+import { vmdk } from './vmdk/format';
 
 export { resolveBackingName };
 
 /** Probing order: every signature format first; raw is what is left. */
-export const FORMATS: ImageFormat[] = [qcow2, raw];
+export const FORMATS: ImageFormat[] = [qcow2, vdi, vmdk, raw];
 
 /** Longest chain img opens; qemu has no fixed limit, but a deeper chain is a loop or an attack. */
 export const MAX_CHAIN_DEPTH = 256;
@@ -52,10 +56,20 @@ export interface OpenImageOptions {
   readOnly?: boolean;
   /** Open the backing chain (default true). Without it, unallocated ranges read as zeroes. */
   backingChain?: boolean;
+  /** The top image's backing file, given rather than named by it (a VDI differencing image's parent). */
+  backing?: string;
+  /**
+   * Opens the backing file this many layers down read-write too (1: the top's backing file),
+   * for commit, which writes into a layer of the chain; every other layer below the top is
+   * read-only.
+   */
+  writableBacking?: number;
 }
 
 /** Opens an image and, unless told not to, its whole backing chain (read-only below the top). */
 export async function openImage(filename: string, opts: OpenImageOptions = {}): Promise<Image> {
+  // An NBD export is a raw device: nothing to probe, no backing chain of its own.
+  if (isNbdUri(filename)) return openNbd(filename, { readOnly: opts.readOnly, format: opts.format });
   return openLayer(filename, opts, []);
 }
 
@@ -76,8 +90,9 @@ async function openLayer(filename: string, opts: OpenImageOptions, seen: string[
     opts.backingChain === false
       ? undefined
       : (req: OpenBackingRequest) =>
-          openLayer(req.resolved, { format: req.format, readOnly: true }, chain).catch((err) => {
-            if (err instanceof ImageError && err.code === 'NOT_FOUND' && err.file === req.resolved) {
+          openLayer(req.resolved, { format: req.format, readOnly: opts.writableBacking !== 1, writableBacking: below(opts.writableBacking) }, chain).catch((err) => {
+            // Only the file itself missing: a layer further down reports its own missing backing file.
+            if (err instanceof ImageError && err.code === 'NOT_FOUND' && err.file === req.resolved && err.field !== 'backing file') {
               throw new ImageError('NOT_FOUND', `backing file '${req.name}' (resolved to ${req.resolved}) does not exist`, {
                 file: req.from,
                 field: 'backing file',
@@ -86,9 +101,14 @@ async function openLayer(filename: string, opts: OpenImageOptions, seen: string[
             }
             throw err;
           });
-  const image = await format.open(filename, { readOnly: opts.readOnly, openBacking });
+  const image = await format.open(filename, { readOnly: opts.readOnly, openBacking, backingFile: opts.backing });
   if (image instanceof RawImage && !opts.format) image.probed = true;
   return image;
+}
+
+/** The writable layer's depth as seen from one layer further down. */
+function below(depth: number | undefined): number | undefined {
+  return depth !== undefined && depth > 1 ? depth - 1 : undefined;
 }
 
 export async function createImage(format: string, filename: string, opts: CreateOptions): Promise<void> {

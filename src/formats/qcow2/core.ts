@@ -31,11 +31,21 @@ export interface Piece {
   kind: PieceKind;
   offset: number;
   length: number;
-  /** data: host byte offset of `offset`. */
+  /** data: host byte offset of `offset`; zero and backing: the same when `mapped`. */
   host: number;
+  /**
+   * A zero or backing piece inside a cluster that has a host cluster (a preallocated zero
+   * cluster, unallocated subclusters of an allocated one): qemu reports where it lies.
+   */
+  mapped?: boolean;
   /** compressed: the L2 entry and the guest offset of its cluster. */
   entry: bigint;
   clusterStart: number;
+}
+
+/** The host offset of a zero or unallocated piece `skip` bytes in, when it lies in a host cluster. */
+function mappedAt(p: Piece, skip: number): { hostOffset?: number } {
+  return p.mapped ? { hostOffset: p.host + skip } : {};
 }
 
 export class Qcow2Core implements TablesHost {
@@ -207,7 +217,7 @@ export class Qcow2Core implements TablesHost {
     if (!this.g.extendedL2) {
       const zero = (entry & C.OFLAG_ZERO) !== 0n;
       if (zero && !this.zeroFlags) throw this.corrupt(start, entry, 'has the zero flag in a version 2 image');
-      if (zero) this.push(out, 'zero', start + a, b - a, 0);
+      if (zero) this.push(out, 'zero', start + a, b - a, allocated ? host + a : 0, allocated);
       else if (allocated) this.push(out, 'data', start + a, b - a, host + a);
       else this.push(out, 'backing', start + a, b - a, 0);
       return;
@@ -221,7 +231,7 @@ export class Qcow2Core implements TablesHost {
       if (alloc && zero) throw this.corrupt(start, entry, `marks subcluster ${i} both allocated and zero`);
       if (alloc && !allocated) throw this.corrupt(start, entry, `marks subcluster ${i} allocated without a host cluster`);
       if (alloc) this.push(out, 'data', start + x, y - x, host + x);
-      else this.push(out, zero ? 'zero' : 'backing', start + x, y - x, 0);
+      else this.push(out, zero ? 'zero' : 'backing', start + x, y - x, allocated ? host + x : 0, allocated);
       x = y;
     }
   }
@@ -234,13 +244,20 @@ export class Qcow2Core implements TablesHost {
     return !isCompressed(entry) && (hostOffset(entry) !== 0 || (this.hasDataFile && (entry & C.OFLAG_COPIED) !== 0n));
   }
 
-  private push(out: Piece[], kind: PieceKind, offset: number, length: number, host: number): void {
+  private push(out: Piece[], kind: PieceKind, offset: number, length: number, host: number, mapped = false): void {
     const last = out[out.length - 1];
-    if (last && last.kind === kind && last.offset + last.length === offset && (kind !== 'data' || last.host + last.length === host)) {
+    const hostMatters = kind === 'data' || mapped;
+    if (
+      last &&
+      last.kind === kind &&
+      last.offset + last.length === offset &&
+      !!last.mapped === mapped &&
+      (!hostMatters || last.host + last.length === host)
+    ) {
       last.length += length;
       return;
     }
-    out.push({ kind, offset, length, host, entry: 0n, clusterStart: 0 });
+    out.push({ kind, offset, length, host, entry: 0n, clusterStart: 0, ...(mapped ? { mapped } : {}) });
   }
 
   checkHost(start: number, host: number): void {
@@ -288,13 +305,13 @@ export class Qcow2Core implements TablesHost {
     for (const p of await this.mapRange(offset, length)) {
       if (p.kind === 'data') pushExtent(out, { offset: p.offset, length: p.length, kind: 'data', depth: 0, hostOffset: p.host });
       else if (p.kind === 'compressed') pushExtent(out, { offset: p.offset, length: p.length, kind: 'data', depth: 0, compressed: true });
-      else if (p.kind === 'zero') pushExtent(out, { offset: p.offset, length: p.length, kind: 'zero', depth: 0 });
-      else if (!backing) pushExtent(out, { offset: p.offset, length: p.length, kind: 'unallocated', depth: 0 });
+      else if (p.kind === 'zero') pushExtent(out, { offset: p.offset, length: p.length, kind: 'zero', depth: 0, ...mappedAt(p, 0) });
+      else if (!backing) pushExtent(out, { offset: p.offset, length: p.length, kind: 'unallocated', depth: 0, ...mappedAt(p, 0) });
       else {
         const inside = Math.max(0, Math.min(p.length, backing.size - p.offset));
         if (inside > 0) for (const e of await backing.blockStatus(p.offset, inside)) pushExtent(out, { ...e, depth: e.depth + 1 });
         // Past the end of a shorter backing file the image reads zeroes.
-        pushExtent(out, { offset: p.offset + inside, length: p.length - inside, kind: 'zero', depth: 1 });
+        pushExtent(out, { offset: p.offset + inside, length: p.length - inside, kind: 'zero', depth: 1, pastBackingEnd: true, ...mappedAt(p, inside) });
       }
     }
     return out;

@@ -7,7 +7,7 @@ import { compressorPool } from '../../block/compress';
 import { BlockDevice, Extent, WriteOptions, ZeroOptions } from '../../block/device';
 import { ImageError } from '../../block/errors';
 import { checkRange } from '../../block/extents';
-import { CheckReport, Image, ImageInfo, OpenOptions, RepairMode } from '../../block/image';
+import { CheckReport, Image, ImageInfo, OpenOptions, RepairMode, SnapshotInfo, SnapshotSelector } from '../../block/image';
 import { setBe64 } from '../../io/bytes';
 import { HostFile } from '../../io/host-file';
 import { resolveBackingName } from '../backing-name';
@@ -19,7 +19,8 @@ import { Qcow2Core } from './core';
 import { parseHeader, Qcow2Header, readBackingName } from './header';
 import { resizeQcow2 } from './resize';
 import { SnapshotView } from './snapshot-view';
-import { loadSnapshots, snapshotInfos } from './snapshot-table';
+import { applySnapshot, createSnapshot, deleteSnapshot, makeEmpty } from './snapshot-ops';
+import { readSnapshotTable, snapshotInfos } from './snapshot-table';
 import { writeCompressed, writeData } from './write';
 import { zeroRange } from './zero';
 
@@ -167,9 +168,32 @@ export class Qcow2Image implements Image {
     return this.core.gate.shared(() => this.core.blockStatus(offset, length));
   }
 
-  /** A read-only view of internal snapshot `idOrName`'s disk (convert -l). */
-  openSnapshot(idOrName: string): Promise<BlockDevice> {
-    return SnapshotView.open(this.core, idOrName);
+  /** A read-only view of an internal snapshot's disk (convert -l). */
+  openSnapshot(snapshot: SnapshotSelector): Promise<BlockDevice> {
+    return SnapshotView.open(this.core, snapshot);
+  }
+
+  /** The table as stored (parsed with every length checked; the snapshots' L1 tables are checked only by what uses them). */
+  async listSnapshots(): Promise<SnapshotInfo[]> {
+    const { file, header } = this.core;
+    if (header.nbSnapshots === 0) return [];
+    return snapshotInfos((await readSnapshotTable(file, header, await file.size())).entries);
+  }
+
+  async createSnapshot(name: string, opts: { date?: Date } = {}): Promise<SnapshotInfo> {
+    return snapshotInfos([await this.metadataOp((core) => createSnapshot(core, { name, date: opts.date }))])[0];
+  }
+
+  async applySnapshot(snapshot: SnapshotSelector): Promise<SnapshotInfo> {
+    return snapshotInfos([await this.metadataOp((core) => applySnapshot(core, snapshot))])[0];
+  }
+
+  async deleteSnapshot(snapshot: SnapshotSelector): Promise<SnapshotInfo> {
+    return snapshotInfos([await this.metadataOp((core) => deleteSnapshot(core, snapshot))])[0];
+  }
+
+  makeEmpty(): Promise<void> {
+    return this.metadataOp(makeEmpty);
   }
 
   async info(): Promise<ImageInfo> {
@@ -204,7 +228,7 @@ export class Qcow2Image implements Image {
       if (h.backingFormat !== undefined) info.backingFilenameFormat = h.backingFormat;
     }
     if (h.nbSnapshots > 0) {
-      const table = await loadSnapshots(this.core.file, h, await this.core.file.size());
+      const table = await readSnapshotTable(this.core.file, h, await this.core.file.size());
       info.snapshots = snapshotInfos(table.entries);
     }
     return info;
@@ -251,6 +275,28 @@ export class Qcow2Image implements Image {
       });
     }
     if (size !== undefined) await this.resize(parseSize(size), { shrink: true });
+  }
+
+  /**
+   * Runs a whole-image metadata operation (snapshot-ops.ts) with every request drained and
+   * everything flushed, then starts a fresh engine whether it succeeded or not: the
+   * operation leaves the old engine's caches behind.
+   */
+  private async metadataOp<T>(fn: (core: Qcow2Core) => Promise<T>): Promise<T> {
+    if (this.readOnly) throw new ImageError('READ_ONLY', 'image is open read-only', { file: this.filename });
+    for (;;) {
+      await this.flush();
+      const done = await this.core.gate.exclusive(async () => {
+        // A write that slipped in after the flush left releases only a flush applies: go round again.
+        if (this.core.pendingReleases > 0) return undefined;
+        try {
+          return { value: await fn(this.core) };
+        } finally {
+          await this.reload();
+        }
+      });
+      if (done) return done.value;
+    }
   }
 
   /** Starts a fresh engine on the same files after the metadata was rewritten underneath. */

@@ -122,6 +122,36 @@ export class Refcounts {
     });
   }
 
+  /**
+   * Adds one reference to every cluster listed (internal snapshots share clusters). Written
+   * through like allocations; the caller checks beforehand that no count overflows.
+   */
+  retain(list: Release[]): Promise<void> {
+    return this.mutex.run(() => this.update(list, 1));
+  }
+
+  /** The largest refcount this image's refcount width can hold. */
+  get maxRefcount(): number {
+    return this.max;
+  }
+
+  /**
+   * The refcounts of every cluster refcount block `b` covers, decoded at once (all 0 when no
+   * block is there): for walks over many clusters, where get() per cluster costs too much.
+   */
+  async blockCounts(b: number): Promise<Float64Array> {
+    const out = new Float64Array(this.g.refcountBlockEntries);
+    if (b >= this.table.length || this.table[b] === 0) return out;
+    const block = await this.cache.get(this.table[b]);
+    const order = this.h.refcountOrder;
+    const v = new DataView(block.buffer, block.byteOffset, block.byteLength);
+    if (order === 4) for (let i = 0; i < out.length; i++) out[i] = v.getUint16(i * 2);
+    else if (order === 5) for (let i = 0; i < out.length; i++) out[i] = v.getUint32(i * 4);
+    else if (order === 3) out.set(block);
+    else for (let i = 0; i < out.length; i++) out[i] = this.entryAt(block, i);
+    return out;
+  }
+
   private async isFreeCovered(cluster: number): Promise<boolean> {
     const b = Math.floor(cluster / this.g.refcountBlockEntries);
     return b < this.table.length && this.table[b] !== 0 && (await this.get(cluster)) === 0;
@@ -301,9 +331,12 @@ export function refcountEntry(order: number, block: Uint8Array, i: number): numb
     case 3:
       return block[i];
     case 4:
-      return be16(block, i * 2);
+      // Byte arithmetic rather than a DataView per call: refcount walks do this per cluster.
+      if (i * 2 + 2 > block.byteLength) return be16(block, i * 2);
+      return (block[i * 2] << 8) | block[i * 2 + 1];
     case 5:
-      return be32(block, i * 4);
+      if (i * 4 + 4 > block.byteLength) return be32(block, i * 4);
+      return ((block[i * 4] << 24) | (block[i * 4 + 1] << 16) | (block[i * 4 + 2] << 8) | block[i * 4 + 3]) >>> 0;
     default:
       return be64(block, i * 8);
   }
@@ -327,7 +360,9 @@ export function setRefcountEntry(order: number, block: Uint8Array, i: number, v:
       block[i] = v;
       return [i, i + 1];
     case 4:
-      setBe16(block, i * 2, v);
+      if (i * 2 + 2 > block.byteLength) setBe16(block, i * 2, v);
+      block[i * 2] = (v >> 8) & 0xff;
+      block[i * 2 + 1] = v & 0xff;
       return [i * 2, i * 2 + 2];
     case 5:
       setBe32(block, i * 4, v);

@@ -272,6 +272,7 @@ export function snapshotInfos(entries: SnapshotEntry[]): SnapshotInfo[] {
     dateNsec: e.dateNsec,
     vmClockNsec: e.vmClockNsec,
     ...(e.icount !== undefined ? { icount: e.icount } : {}),
+    ...(e.diskSize !== undefined ? { diskSize: e.diskSize } : {}),
   }));
 }
 

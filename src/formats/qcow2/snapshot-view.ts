@@ -5,19 +5,21 @@
 import { BlockDevice, Extent } from '../../block/device';
 import { ImageError } from '../../block/errors';
 import { checkRange } from '../../block/extents';
+import { SnapshotSelector } from '../../block/image';
 import { Qcow2Core } from './core';
-import { findSnapshot, loadSnapshots } from './snapshot-table';
+import { selectSnapshot } from './snapshot-ops';
+import { loadSnapshots } from './snapshot-table';
 
 export class SnapshotView implements BlockDevice {
   readonly readOnly = true;
 
   private constructor(private readonly core: Qcow2Core) {}
 
-  /** Opens snapshot `idOrName` (an id first, then a name, as qemu's -l does) of the image `of`. */
-  static async open(of: Qcow2Core, idOrName: string): Promise<SnapshotView> {
+  /** Opens a snapshot of the image `of` (a string is an id first, then a name, as qemu's -l does). */
+  static async open(of: Qcow2Core, sel: SnapshotSelector): Promise<SnapshotView> {
     const fileSize = await of.file.size();
     const table = await loadSnapshots(of.file, of.header, fileSize);
-    const snap = findSnapshot(table.entries, idOrName, of.file.path);
+    const snap = selectSnapshot(table.entries, sel, 'id-first', of.file.path);
     const header = { ...of.header, size: snap.diskSize ?? of.header.size, l1Size: snap.l1Size, l1TableOffset: snap.l1TableOffset };
     const core = new Qcow2Core(of.file, of.dataFile, header, of.backing, fileSize);
     await core.tables.loadL1();

@@ -1,0 +1,114 @@
+/**
+ * Writing transmission-phase replies (proto.md "Simple reply message", "Structured reply
+ * chunk message"): each reply's messages go out together, so replies to concurrent requests
+ * never interleave inside one message; `done` runs once the bytes have left for the kernel.
+ */
+import { Duplex } from 'node:stream';
+import { Extent } from '../block/device';
+import { setBe16, setBe32, setBe64 } from '../io/bytes';
+import { extentStatus } from './export';
+import * as P from './protocol';
+
+/** Zero detection granularity: shorter zero runs go out as data (a chunk header costs more). */
+const MIN_HOLE = 4096;
+const ZERO_BLOCK = Buffer.alloc(MIN_HOLE);
+
+export class Replier {
+  constructor(private readonly stream: Duplex) {}
+
+  /** Writes the buffers as one unit (one writev); `done` runs when they are flushed (or the stream failed). */
+  send(buffers: Uint8Array[], done?: () => void): void {
+    if (this.stream.destroyed) {
+      done?.();
+      return;
+    }
+    this.stream.cork();
+    buffers.forEach((b, i) => this.stream.write(b, i === buffers.length - 1 ? () => done?.() : undefined));
+    this.stream.uncork();
+  }
+
+  simple(cookie: bigint, error: number, data?: Uint8Array, done?: () => void): void {
+    this.send(data && error === 0 ? [P.simpleReply(error, cookie), data] : [P.simpleReply(error, cookie)], done);
+  }
+
+  /** A structured error chunk: ERROR, or ERROR_OFFSET when the failing offset is known. */
+  error(cookie: bigint, error: number, message: string, offset?: number): void {
+    const text = Buffer.from(message.slice(0, P.MAX_STRING), 'utf8').subarray(0, P.MAX_STRING);
+    const type = offset === undefined ? P.NBD_REPLY_TYPE_ERROR : P.NBD_REPLY_TYPE_ERROR_OFFSET;
+    const length = 6 + text.byteLength + (offset === undefined ? 0 : 8);
+    const b = P.structuredHeader(P.NBD_REPLY_FLAG_DONE, type, cookie, length, length);
+    setBe32(b, P.STRUCTURED_HEADER_SIZE, error);
+    setBe16(b, P.STRUCTURED_HEADER_SIZE + 4, text.byteLength);
+    b.set(text, P.STRUCTURED_HEADER_SIZE + 6);
+    if (offset !== undefined) setBe64(b, P.STRUCTURED_HEADER_SIZE + 6 + text.byteLength, offset);
+    this.send([b]);
+  }
+
+  /**
+   * A successful structured READ reply: OFFSET_DATA chunks for data and OFFSET_HOLE chunks for
+   * blocks that read as zeroes, or one data chunk when `fragment` is false (DF).
+   */
+  read(cookie: bigint, offset: number, data: Buffer, fragment: boolean, done: () => void): void {
+    const out: Uint8Array[] = [];
+    const runs = fragment ? zeroRuns(offset, data) : [{ at: offset, length: data.byteLength, hole: false }];
+    runs.forEach((r, i) => {
+      const flags = i === runs.length - 1 ? P.NBD_REPLY_FLAG_DONE : 0;
+      if (r.hole) {
+        const b = P.structuredHeader(flags, P.NBD_REPLY_TYPE_OFFSET_HOLE, cookie, 12, 12);
+        setBe64(b, P.STRUCTURED_HEADER_SIZE, r.at);
+        setBe32(b, P.STRUCTURED_HEADER_SIZE + 8, r.length);
+        out.push(b);
+      } else {
+        const b = P.structuredHeader(flags, P.NBD_REPLY_TYPE_OFFSET_DATA, cookie, 8 + r.length, 8);
+        setBe64(b, P.STRUCTURED_HEADER_SIZE, r.at);
+        out.push(b, data.subarray(r.at - offset, r.at - offset + r.length));
+      }
+    });
+    if (runs.length === 0) out.push(P.structuredHeader(P.NBD_REPLY_FLAG_DONE, P.NBD_REPLY_TYPE_NONE, cookie, 0));
+    this.send(out, done);
+  }
+
+  /** One BLOCK_STATUS chunk per context, descriptors merged by status, the last chunk DONE. */
+  blockStatus(cookie: bigint, contexts: { id: number; name: string }[], extents: Extent[], reqOne: boolean, limit: number): void {
+    const out = contexts.map((c, i) => {
+      const descriptors: { length: number; status: number }[] = [];
+      for (const e of extents) {
+        const status = extentStatus(c.name, e);
+        const last = descriptors[descriptors.length - 1];
+        if (last && last.status === status) last.length += e.length;
+        else if (descriptors.length < P.MAX_EXTENTS) descriptors.push({ length: e.length, status });
+        else break;
+      }
+      const list = reqOne ? descriptors.slice(0, 1) : descriptors;
+      if (reqOne) list[0].length = Math.min(list[0].length, limit);
+      const length = 4 + 8 * list.length;
+      const flags = i === contexts.length - 1 ? P.NBD_REPLY_FLAG_DONE : 0;
+      const b = P.structuredHeader(flags, P.NBD_REPLY_TYPE_BLOCK_STATUS, cookie, length, length);
+      setBe32(b, P.STRUCTURED_HEADER_SIZE, c.id);
+      list.forEach((d, k) => {
+        setBe32(b, P.STRUCTURED_HEADER_SIZE + 4 + 8 * k, d.length);
+        setBe32(b, P.STRUCTURED_HEADER_SIZE + 8 + 8 * k, d.status);
+      });
+      return b;
+    });
+    this.send(out);
+  }
+}
+
+/**
+ * The read cut into data and hole runs: a hole is a run of MIN_HOLE-byte blocks (counted from
+ * the start of the read) that are all zero, whether the image stores them or not; OFFSET_HOLE
+ * only promises that the range reads as zeroes. Data blocks fail the check on their first bytes.
+ */
+function zeroRuns(offset: number, data: Buffer): { at: number; length: number; hole: boolean }[] {
+  const runs: { at: number; length: number; hole: boolean }[] = [];
+  for (let o = 0; o < data.byteLength; o += MIN_HOLE) {
+    const n = Math.min(MIN_HOLE, data.byteLength - o);
+    // The first and last bytes settle nearly every data block without a call into C++.
+    const hole = n === MIN_HOLE && data[o] === 0 && data[o + n - 1] === 0 && ZERO_BLOCK.compare(data, o, o + n) === 0;
+    const last = runs[runs.length - 1];
+    if (last && last.hole === hole) last.length += n;
+    else runs.push({ at: offset + o, length: n, hole });
+  }
+  return runs;
+}
