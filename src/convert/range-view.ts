@@ -1,15 +1,15 @@
 /** A read-only window [base, base+size) of a device, seen as a device of its own (img dd skip=). */
 import { BlockDevice, Extent } from '../block/device';
 import { ImageError } from '../block/errors';
+import { ReadOnlyDevice } from '../block/read-only';
 
-export class RangeView implements BlockDevice {
-  readonly readOnly = true;
-
+export class RangeView extends ReadOnlyDevice {
   constructor(
     private readonly device: BlockDevice,
     private readonly base: number,
     readonly size: number,
   ) {
+    super('a range view');
     if (base < 0 || size < 0 || base + size > device.size) {
       throw new ImageError('OUT_OF_RANGE', `window ${base}+${size} is outside the device (size ${device.size})`);
     }
@@ -23,19 +23,4 @@ export class RangeView implements BlockDevice {
     const extents = await this.device.blockStatus(this.base + offset, length);
     return extents.map((e) => ({ ...e, offset: e.offset - this.base }));
   }
-
-  private refuse(): Promise<never> {
-    return Promise.reject(new ImageError('READ_ONLY', 'a range view is read-only'));
-  }
-  write(): Promise<void> {
-    return this.refuse();
-  }
-  writeZeroes(): Promise<void> {
-    return this.refuse();
-  }
-  discard(): Promise<void> {
-    return this.refuse();
-  }
-  async flush(): Promise<void> {}
-  async close(): Promise<void> {}
 }

@@ -2,18 +2,19 @@
  * A read-only view of an internal snapshot's disk (convert -l): a second engine over the same
  * files whose L1 table is the snapshot's. Unallocated ranges read through the image's backing.
  */
-import { BlockDevice, Extent } from '../../block/device';
-import { ImageError } from '../../block/errors';
+import { Extent } from '../../block/device';
 import { checkRange } from '../../block/extents';
 import { SnapshotSelector } from '../../block/image';
+import { ReadOnlyDevice } from '../../block/read-only';
 import { Qcow2Core } from './core';
 import { selectSnapshot } from './snapshot-ops';
 import { loadSnapshots } from './snapshot-table';
 
-export class SnapshotView implements BlockDevice {
-  readonly readOnly = true;
-
-  private constructor(private readonly core: Qcow2Core) {}
+export class SnapshotView extends ReadOnlyDevice {
+  private constructor(private readonly core: Qcow2Core) {
+    // The files belong to the image the view came from: close() leaves them open.
+    super('an internal snapshot', core.file.path);
+  }
 
   /** Opens a snapshot of the image `of` (a string is an id first, then a name, as qemu's -l does). */
   static async open(of: Qcow2Core, sel: SnapshotSelector): Promise<SnapshotView> {
@@ -38,22 +39,5 @@ export class SnapshotView implements BlockDevice {
   async blockStatus(offset: number, length: number): Promise<Extent[]> {
     checkRange(this.size, offset, length, 'block status');
     return this.core.blockStatus(offset, length);
-  }
-
-  write(): Promise<void> {
-    return this.refuse();
-  }
-  writeZeroes(): Promise<void> {
-    return this.refuse();
-  }
-  discard(): Promise<void> {
-    return this.refuse();
-  }
-  async flush(): Promise<void> {}
-  /** The files belong to the image the view came from. */
-  async close(): Promise<void> {}
-
-  private refuse(): Promise<void> {
-    return Promise.reject(new ImageError('READ_ONLY', 'an internal snapshot is read-only', { file: this.core.file.path }));
   }
 }
