@@ -1,6 +1,9 @@
 /** The deterministic operation stream shared by the crash writer and the crash test. */
 import { prng, randomBytes } from '../helpers';
 
+/** Whole-cluster writes use this size on formats without compression (a VDI block is larger). */
+export const CRASH_CLUSTER = 64 * 1024;
+
 export interface CrashOp {
   kind: 'write' | 'compressed' | 'zero' | 'discard' | 'flush';
   offset: number;

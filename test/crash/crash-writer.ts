@@ -1,27 +1,27 @@
 /**
- * The victim of the crash test: opens a qcow2 image and writes, zeroes, discards and
- * compresses at random until it is killed. Before operation N starts it prints `s N`, and
- * when the flush that is operation N has finished, `f N`: every operation before it is then
- * durable. Operations come from a seeded PRNG, so the test replays them. The lines are
- * written synchronously so that none is lost when the process is killed.
- *   node crash-writer.js IMAGE SEED
+ * The victim of the crash tests: opens an image and writes, zeroes, discards and compresses
+ * (where the format can) at random until it is killed. Before operation N starts it prints
+ * `s N`, and when the flush that is operation N has finished, `f N`: every operation before
+ * it is then durable. Operations come from a seeded PRNG, so the test replays them. The lines
+ * are written synchronously so that none is lost when the process is killed.
+ *   node crash-writer.js FORMAT IMAGE SEED
  */
 import * as fs from 'node:fs';
 import { openImage } from '../../src/formats/index';
-import { crashOps } from './crash-ops';
+import { CRASH_CLUSTER, crashOps } from './crash-ops';
 
 async function main(): Promise<void> {
-  const [file, seedText] = process.argv.slice(2);
-  const image = await openImage(file, { format: 'qcow2' });
+  const [format, file, seedText] = process.argv.slice(2);
+  const image = await openImage(file, { format });
   let n = 0;
-  for (const op of crashOps(Number(seedText), image.size, image.clusterSize)) {
+  for (const op of crashOps(Number(seedText), image.size, image.writeCompressed ? image.clusterSize : CRASH_CLUSTER)) {
     fs.writeSync(1, `s ${n}\n`);
     switch (op.kind) {
       case 'write':
         await image.write(op.offset, op.data!);
         break;
       case 'compressed':
-        await image.writeCompressed!(op.offset, op.data!);
+        await (image.writeCompressed ? image.writeCompressed(op.offset, op.data!) : image.write(op.offset, op.data!));
         break;
       case 'zero':
         await image.writeZeroes(op.offset, op.length, { mayUnmap: op.mayUnmap });

@@ -6,64 +6,13 @@
  */
 import { test } from 'node:test';
 import * as assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { openImage } from '../../src/formats/index';
-import { crashOps } from './crash-ops';
+import { assertFlushedSurvived, Outcome, runAndKill } from './crash-run';
 import { prng, qemuCheck, qemuImg, tempDir } from '../helpers';
 
 const SIZE = 32 << 20;
-const SECTOR = 512;
-const WRITER = path.join(__dirname, 'crash-writer.js');
-
-interface Outcome {
-  started: number; // highest operation index that began
-  flushed: number; // index of the last flush that finished, -1 if none
-}
-
-function runAndKill(file: string, seed: number, afterMs: number): Promise<Outcome> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [WRITER, file, String(seed)], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '';
-    let err = '';
-    child.stdout.on('data', (d) => (out += d));
-    child.stderr.on('data', (d) => (err += d));
-    const timer = setTimeout(() => child.kill('SIGKILL'), afterMs);
-    child.on('exit', (code, signal) => {
-      clearTimeout(timer);
-      if (signal !== 'SIGKILL') return reject(new Error(`writer exited on its own (code ${code}): ${err}`));
-      let started = -1;
-      let flushed = -1;
-      for (const line of out.split('\n')) {
-        const [k, v] = line.split(' ');
-        if (k === 's') started = Number(v);
-        if (k === 'f') flushed = Number(v);
-      }
-      resolve({ started, flushed });
-    });
-  });
-}
-
-/** What the disk must hold: bytes where known, and which sectors may hold either version. */
-function expected(base: Buffer, seed: number, clusterSize: number, o: Outcome): { data: Buffer; known: Uint8Array } {
-  const data = Buffer.from(base);
-  const known = new Uint8Array(SIZE / SECTOR).fill(1);
-  let i = 0;
-  for (const op of crashOps(seed, SIZE, clusterSize)) {
-    if (i > o.started) break;
-    const uncertain = i > o.flushed;
-    const s0 = op.offset / SECTOR;
-    const s1 = (op.offset + op.length) / SECTOR;
-    if (op.kind === 'write' || op.kind === 'compressed') data.set(op.data!, op.offset);
-    else if (op.kind === 'zero') data.fill(0, op.offset, op.offset + op.length);
-    // A discard may leave the old bytes or zeroes; an unflushed operation may or may not have landed.
-    if (op.kind === 'discard' || (uncertain && op.kind !== 'flush')) known.fill(0, s0, s1);
-    else if (op.kind !== 'flush') known.fill(1, s0, s1);
-    i++;
-  }
-  return { data, known };
-}
 
 /** The disk as qemu-img reads it. */
 function contents(file: string): Buffer {
@@ -77,14 +26,7 @@ function contents(file: string): Buffer {
 /** Checks the disk against the model started from `base`; returns the disk, the next round's base. */
 function verifyData(file: string, base: Buffer, seed: number, clusterSize: number, o: Outcome): Buffer {
   const got = contents(file);
-  const { data, known } = expected(base, seed, clusterSize, o);
-  for (let s = 0; s < known.length; s++) {
-    if (!known[s]) continue;
-    const a = s * SECTOR;
-    if (got.compare(data, a, a + SECTOR, a, a + SECTOR) !== 0) {
-      assert.fail(`seed ${seed}: sector ${s} differs from what was flushed (started ${o.started}, flushed ${o.flushed})`);
-    }
-  }
+  assertFlushedSurvived(got, base, seed, clusterSize, o, file);
   return got;
 }
 
@@ -104,7 +46,7 @@ for (const cfg of [
     let base: Buffer = Buffer.alloc(SIZE);
     for (let round = 0; round < 8; round++) {
       const seed = rand();
-      const o = await runAndKill(file, seed, 300 + (rand() % 900));
+      const o = await runAndKill('qcow2', file, seed, 300 + (rand() % 900));
       const { status, report } = qemuCheck(file);
       assert.ok(status === 0 || status === 3, `round ${round}: qemu-img check exit ${status}: ${JSON.stringify(report)}`);
       assert.equal(report['corruptions'] ?? 0, 0, `round ${round}: corruptions`);
@@ -126,7 +68,7 @@ test('SIGKILL with lazy_refcounts: reopening for writing repairs the refcounts',
   let base: Buffer = Buffer.alloc(SIZE);
   for (let round = 0; round < 4; round++) {
     const seed = rand();
-    const o = await runAndKill(file, seed, 300 + (rand() % 900));
+    const o = await runAndKill('qcow2', file, seed, 300 + (rand() % 900));
     const image = await openImage(file, { format: 'qcow2' }); // dirty: repaired on open
     await image.close();
     const { status, report } = qemuCheck(file);
