@@ -1,0 +1,259 @@
+/**
+ * The OUTER side of the nested test bed (docs: /work/shared/notes/kvm-testbed.md). Where the host
+ * has no hardware virtualisation (here /dev/kvm is kvm_pvm, far too slow for a real kernel), a
+ * test script runs inside an outer Linux under qemu TCG with `-cpu max`, whose kvm_amd gives a
+ * working /dev/kvm with nested paging. Everything the script needs travels in the outer
+ * initramfs (node and its libraries, the project's built files, the inner kernel and
+ * initramfs); the disk image travels on a second virtio disk, in and back out. With hardware
+ * KVM the same script runs directly on the host.
+ */
+import { spawn, spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { ROOT, tempDir } from '../../helpers';
+import { CpioWriter, resolveModules } from './cpio-shim';
+import { BUSYBOX, innerInitramfs } from './inner';
+
+const OUTER_TAG = '@@outer:';
+const QEMU = 'qemu-system-x86_64';
+/** Firmware qemu -enable-kvm loads for a -kernel boot of the pc machine. */
+const QEMU_FIRMWARE = ['/usr/share/seabios/bios-256k.bin', '/usr/share/qemu/linuxboot_dma.bin', '/usr/share/qemu/kvmvapic.bin'];
+/** Where things live inside the outer guest. */
+const G = { root: '/img', work: '/tmp/work', kernel: '/boot/vmlinuz', initrd: '/boot/inner.cpio', node: '/usr/bin/node' };
+
+export interface Kernel {
+  kernel: string;
+  release: string;
+}
+
+/** The newest /boot/vmlinuz-* with its modules (the lead's findKernel replaces this at the merge). */
+export function stockKernel(): Kernel | undefined {
+  const names = fs.existsSync('/boot') ? fs.readdirSync('/boot').filter((n) => n.startsWith('vmlinuz-')).sort() : [];
+  for (const name of names.reverse()) {
+    const release = name.slice('vmlinuz-'.length);
+    const kernel = path.join('/boot', name);
+    try {
+      fs.accessSync(kernel, fs.constants.R_OK);
+    } catch {
+      continue;
+    }
+    if (fs.existsSync(path.join('/lib/modules', release, 'modules.dep'))) return { kernel, release };
+  }
+  return undefined;
+}
+
+/** True when /dev/kvm is real hardware virtualisation (vmx/svm, not kvm_pvm). */
+export function hardwareKvm(): boolean {
+  if (fs.existsSync('/sys/module/kvm_pvm')) return false;
+  try {
+    fs.accessSync('/dev/kvm', fs.constants.R_OK | fs.constants.W_OK);
+  } catch {
+    return false;
+  }
+  return /^flags\s*:.*\b(vmx|svm)\b/m.test(fs.readFileSync('/proc/cpuinfo', 'utf8'));
+}
+
+/** Why the nested test bed cannot run here, or undefined when it can. */
+export function unavailable(): string | undefined {
+  if (!stockKernel()) return 'no readable /boot/vmlinuz-* with modules (linux-image-cloud-amd64)';
+  if (!fs.existsSync(BUSYBOX)) return `no ${BUSYBOX} (busybox-static)`;
+  if (!hardwareKvm() && spawnSync(QEMU, ['--version']).status !== 0) return `no ${QEMU} (qemu-system-x86)`;
+  return undefined;
+}
+
+/** A CpioWriter that creates parent directories once. */
+class Tree {
+  readonly cpio = new CpioWriter();
+  private dirs = new Set<string>();
+
+  dir(p: string): void {
+    if (p === '' || p === '.' || this.dirs.has(p)) return;
+    this.dir(path.posix.dirname(p));
+    this.dirs.add(p);
+    this.cpio.dir(p);
+  }
+  file(guestPath: string, data: Uint8Array, mode = 0o644): void {
+    const p = guestPath.replace(/^\/+/, '');
+    this.dir(path.posix.dirname(p));
+    this.cpio.file(p, data, mode);
+  }
+  host(guestPath: string, hostPath: string): void {
+    this.file(guestPath, fs.readFileSync(hostPath), fs.statSync(hostPath).mode & 0o777);
+  }
+  /** Every file under hostDir whose name passes keep, at the same relative path under guestDir. */
+  tree(guestDir: string, hostDir: string, keep: (name: string) => boolean): void {
+    for (const e of fs.readdirSync(hostDir, { withFileTypes: true })) {
+      const h = path.join(hostDir, e.name);
+      if (e.isDirectory()) this.tree(path.posix.join(guestDir, e.name), h, keep);
+      else if (e.isFile() && keep(e.name)) this.host(path.posix.join(guestDir, e.name), h);
+    }
+  }
+  /** A dynamically linked binary with the libraries and loader `ldd` lists, at their paths. */
+  binary(guestPath: string, hostPath: string): void {
+    this.host(guestPath, hostPath);
+    const ldd = spawnSync('ldd', [hostPath], { encoding: 'utf8' });
+    for (const m of ldd.stdout.matchAll(/(\/\S+) \(0x/g)) if (!this.dirs.has(m[1])) this.host(m[1], m[1]);
+  }
+}
+
+const isJs = (n: string) => n.endsWith('.js') || n.endsWith('.json');
+
+/** The project as node needs it at run time: built JS, the addons, commander and zstd-napi. */
+function addProject(t: Tree): void {
+  const at = (p: string) => path.posix.join(G.root, p);
+  t.tree(at('dist/src'), path.join(ROOT, 'dist/src'), (n) => n.endsWith('.js'));
+  t.tree(at('dist/test/runner/nested'), path.join(ROOT, 'dist/test/runner/nested'), (n) => n.endsWith('.js'));
+  t.host(at('dist/test/helpers.js'), path.join(ROOT, 'dist/test/helpers.js'));
+  for (const f of ['package.json', 'bin/img', 'build/Release/img_native.node']) t.host(at(f), path.join(ROOT, f));
+  t.tree(at('node_modules/commander'), path.join(ROOT, 'node_modules/commander'), isJs);
+  const zstd = path.join(ROOT, 'node_modules/zstd-napi');
+  for (const f of ['package.json', 'binding.js', 'build/Release/binding.node']) t.host(at(`node_modules/zstd-napi/${f}`), path.join(zstd, f));
+  t.tree(at('node_modules/zstd-napi/dist'), path.join(zstd, 'dist'), isJs);
+}
+
+/** The outer /init: modules, /dev/kvm, the disk in, the test script, the disk out, reboot. */
+function outerInit(modules: string[], diskBytes: number | undefined): string {
+  const copyIn = diskBytes === undefined ? '' : `head -c ${diskBytes} /dev/vda > "$DISK" || say disk-in-failed 1\n`;
+  const copyOut =
+    diskBytes === undefined ? '' : `dd if="$DISK" of=/dev/vda bs=1M conv=fsync 2>/dev/null && say disk-size $(stat -c %s "$DISK")\n`;
+  return `#!/bin/busybox sh
+/bin/busybox --install -s /bin
+mkdir -p /proc /sys /dev /tmp ${G.work}
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+say() { echo "${OUTER_TAG}$*"; }
+for m in ${modules.join(' ')}; do insmod /lib/modules/$m.ko || say insmod-failed $m; done
+i=0
+while [ ! -b /dev/vda ] && [ $i -lt 100 ]; do usleep 100000; i=$((i+1)); done
+[ -c /dev/kvm ] && say kvm 1
+export NODE=${G.node} ROOT=${G.root} WORK=${G.work} KERNEL=${G.kernel} INITRD=${G.initrd} DISK=${G.work}/disk
+export GUEST_RUN=${G.root}/dist/test/runner/nested/guest-run.js PATH=/bin:/usr/bin HOME=/tmp
+${copyIn}sh /test.sh
+rc=$?
+sync
+${copyOut}say exit $rc
+reboot -f
+`;
+}
+
+export interface OuterOptions {
+  kernel: Kernel;
+  script: string;
+  /** Bytes of the disk image the script finds at $DISK (copied in and back out). */
+  diskBytes?: number;
+  /** Also pack qemu-system-x86_64, its libraries and firmware (for the bench). */
+  qemu?: boolean;
+}
+
+/** The outer initramfs (uncompressed newc). */
+export function outerInitramfs(o: OuterOptions): Buffer {
+  const t = new Tree();
+  for (const d of ['dev', 'proc', 'sys', 'tmp', 'bin']) t.dir(d);
+  t.cpio.node('dev/console', 'c', 5, 1);
+  t.host('/bin/busybox', BUSYBOX);
+  const mods = resolveModules(o.kernel.release, ['kvm_amd', 'virtio_blk', 'virtio_pci']);
+  for (const m of mods) t.host(`/lib/modules/${m.name}.ko`, m.path);
+  t.binary(G.node, process.execPath);
+  if (o.qemu) {
+    const qemu = spawnSync('sh', ['-c', `command -v ${QEMU}`], { encoding: 'utf8' }).stdout.trim();
+    t.binary('/usr/bin/' + QEMU, qemu);
+    for (const f of QEMU_FIRMWARE) t.host(f, f);
+  }
+  addProject(t);
+  t.host(G.kernel, o.kernel.kernel);
+  t.file(G.initrd, innerInitramfs(o.kernel.release));
+  t.file('/test.sh', Buffer.from(o.script), 0o755);
+  t.file('/init', Buffer.from(outerInit(mods.map((m) => m.name), o.diskBytes)), 0o755);
+  return t.cpio.finish();
+}
+
+export interface ScriptResult {
+  /** Where it ran: inside the outer TCG guest, or on the host (hardware KVM). */
+  mode: 'nested' | 'host';
+  /** Everything printed (the outer serial console, or the script's stdout and stderr). */
+  output: string;
+  /** The script's exit status; null when it never finished. */
+  status: number | null;
+}
+
+export interface ScriptOptions {
+  /** A shell script; it finds $NODE, $ROOT, $WORK, $KERNEL, $INITRD, $DISK and $GUEST_RUN. */
+  script: string;
+  /** A disk image on the host the script sees as $DISK; its new contents come back here. */
+  disk?: string;
+  qemu?: boolean;
+  timeoutMs?: number;
+  /** Forces the outer TCG guest even when the host has hardware KVM. */
+  nested?: boolean;
+}
+
+/** Runs a script where a real kernel can run under KVM, collects its output and status. */
+export async function runScript(o: ScriptOptions): Promise<ScriptResult> {
+  const kernel = stockKernel();
+  if (!kernel) throw new Error('no stock kernel');
+  const timeoutMs = o.timeoutMs ?? 300_000;
+  if (!o.nested && hardwareKvm()) return runOnHost(o, kernel, timeoutMs);
+  const dir = tempDir('img-nested-');
+  const diskBytes = o.disk === undefined ? undefined : fs.statSync(o.disk).size;
+  const initrd = path.join(dir, 'outer.cpio');
+  fs.writeFileSync(initrd, outerInitramfs({ kernel, script: o.script, diskBytes, qemu: o.qemu }));
+  // The transfer disk: the image at offset 0, room for it to grow (qcow2 allocations).
+  const transfer = path.join(dir, 'transfer.raw');
+  if (o.disk !== undefined) fs.copyFileSync(o.disk, transfer);
+  else fs.writeFileSync(transfer, '');
+  fs.truncateSync(transfer, Math.max(fs.statSync(transfer).size * 2, 64 << 20));
+  const { output } = await collect(
+    QEMU,
+    ['-accel', 'tcg', '-M', 'pc', '-cpu', 'max', '-m', '1536', '-nodefaults', '-display', 'none', '-serial', 'stdio', '-no-reboot',
+      '-kernel', kernel.kernel, '-initrd', initrd, '-append', 'console=ttyS0 reboot=t panic=-1 rdinit=/init quiet',
+      '-drive', `file=${transfer},format=raw,if=none,id=t,cache=unsafe`, '-device', 'virtio-blk-pci,drive=t'],
+    process.env,
+    timeoutMs,
+  );
+  const reports = outerReports(output);
+  const size = reports.get('disk-size');
+  if (o.disk !== undefined && size !== undefined) {
+    fs.truncateSync(transfer, Number(size));
+    fs.copyFileSync(transfer, o.disk);
+  }
+  fs.rmSync(dir, { recursive: true, force: true });
+  const exit = reports.get('exit');
+  return { mode: 'nested', output, status: exit === undefined ? null : Number(exit) };
+}
+
+/** Runs a command to its end (or kills it after timeoutMs); stdout and stderr interleaved. */
+function collect(cmd: string, args: string[], env: NodeJS.ProcessEnv, timeoutMs: number): Promise<{ output: string; status: number | null }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(cmd, args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
+    const chunks: Buffer[] = [];
+    child.stdout.on('data', (b: Buffer) => chunks.push(b));
+    child.stderr.on('data', (b: Buffer) => chunks.push(b));
+    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+    child.on('error', reject);
+    child.on('close', (status) => {
+      clearTimeout(timer);
+      resolve({ output: Buffer.concat(chunks).toString('latin1'), status });
+    });
+  });
+}
+
+async function runOnHost(o: ScriptOptions, kernel: Kernel, timeoutMs: number): Promise<ScriptResult> {
+  const dir = tempDir('img-nested-host-');
+  const initrd = path.join(dir, 'inner.cpio');
+  fs.writeFileSync(initrd, innerInitramfs(kernel.release));
+  const env = {
+    ...process.env, NODE: process.execPath, ROOT, WORK: dir, KERNEL: kernel.kernel, INITRD: initrd, DISK: o.disk ?? '',
+    GUEST_RUN: path.join(ROOT, 'dist/test/runner/nested/guest-run.js'),
+  };
+  const result = await collect('sh', ['-c', o.script], env, timeoutMs);
+  fs.rmSync(dir, { recursive: true, force: true });
+  return { mode: 'host', ...result };
+}
+
+/** The `@@outer:` reports in the serial text, by name (the last one wins). */
+export function outerReports(text: string): Map<string, string> {
+  const out = new Map<string, string>();
+  for (const m of text.matchAll(/@@outer:(\S+) ?([^\r\n]*)/g)) out.set(m[1], m[2].trim());
+  return out;
+}
