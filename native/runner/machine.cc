@@ -95,7 +95,7 @@ PrepareError Machine::prepare(std::string& err) {
     return err = "command line is longer than the kernel's " + std::to_string(kernel.cmdlineSize) + " bytes", PrepareError::BadConfig;
   uint64_t need = minimumMemory(kernel, initrd.size());
   if (spec_.memBytes < need || std::min(spec_.memBytes, kPciHoleStart) < need)
-    return err = "too little memory: this kernel" + std::string(initrd.empty() ? "" : " and initrd") + " need at least " +
+    return err = "too little memory: this kernel" + std::string(initrd.empty() ? " needs" : " and initrd need") + " at least " +
                  std::to_string((need + (1 << 20) - 1) >> 20) + " MiB",
            PrepareError::NoMemory;
   if (!kvm_.open(err) || !kvm_.createVm(spec_.memBytes, err)) return PrepareError::NoKvm;

@@ -242,12 +242,22 @@ static void scenario_echo(void) {
   }
 }
 
+/* The e820 map the loader left in the zero page. */
+static void scenario_e820(const u8 *zp) {
+  for (u32 i = 0; i < zp[0x1e8]; i++) {
+    const u8 *e = zp + 0x2d0 + 20 * i;
+    puts("e820 "); puthex(*(const u64 *)e, 16); putc(' '); puthex(*(const u64 *)(e + 8), 16);
+    putc(' '); putdec(*(const u32 *)(e + 16)); putc('\n');
+  }
+}
+
 void guest_main(const u8 *zero_page) {
   cmdline = (const char *)(u64)*(const u32 *)(zero_page + 0x228);
   puts("guest: "); puts(cmdline); putc('\n');
   const char *t = arg("test");
   if (!t || is(t, "hello")) puts("hello from the tiny guest\n");
   else if (is(t, "pci")) pci_list();
+  else if (is(t, "e820")) scenario_e820(zero_page);
   else if (is(t, "blk")) scenario_blk();
   else if (is(t, "bench")) scenario_bench();
   else if (is(t, "ports")) scenario_ports();
