@@ -222,13 +222,17 @@ export async function runScript(o: ScriptOptions): Promise<ScriptResult> {
   return { mode: 'nested', output, status: exit === undefined ? null : Number(exit) };
 }
 
-/** Runs a command to its end (or kills it after timeoutMs); stdout and stderr interleaved. */
+/** Runs a command to its end (or kills it after timeoutMs); stdout and stderr interleaved, echoed to stderr with IMG_NESTED_VERBOSE=1. */
 function collect(cmd: string, args: string[], env: NodeJS.ProcessEnv, timeoutMs: number): Promise<{ output: string; status: number | null }> {
   return new Promise((resolve, reject) => {
     const child = spawn(cmd, args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
     const chunks: Buffer[] = [];
-    child.stdout.on('data', (b: Buffer) => chunks.push(b));
-    child.stderr.on('data', (b: Buffer) => chunks.push(b));
+    const take = (b: Buffer) => {
+      chunks.push(b);
+      if (process.env.IMG_NESTED_VERBOSE) process.stderr.write(b);
+    };
+    child.stdout.on('data', take);
+    child.stderr.on('data', take);
     const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
     child.on('error', reject);
     child.on('close', (status) => {
