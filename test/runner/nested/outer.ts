@@ -10,6 +10,7 @@
 import { spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { kvmStatus } from '../../../src/runner/vm';
 import { ROOT, tempDir } from '../../helpers';
 import { CpioWriter, resolveModules } from './cpio-shim';
 import { BUSYBOX, innerInitramfs } from './inner';
@@ -44,13 +45,8 @@ export function stockKernel(): Kernel | undefined {
 
 /** True when /dev/kvm is real hardware virtualisation (vmx/svm, not kvm_pvm). */
 export function hardwareKvm(): boolean {
-  if (fs.existsSync('/sys/module/kvm_pvm')) return false;
-  try {
-    fs.accessSync('/dev/kvm', fs.constants.R_OK | fs.constants.W_OK);
-  } catch {
-    return false;
-  }
-  return /^flags\s*:.*\b(vmx|svm)\b/m.test(fs.readFileSync('/proc/cpuinfo', 'utf8'));
+  const s = kvmStatus();
+  return s.usable && s.hardware;
 }
 
 /** Why the nested test bed cannot run here, or undefined when it can. */
