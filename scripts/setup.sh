@@ -19,6 +19,11 @@ ls /boot/vmlinuz-* >/dev/null 2>&1 || need="$need linux-image-cloud-amd64"
 command -v qemu-system-x86_64 >/dev/null 2>&1 || need="$need qemu-system-x86"
 command -v cpio >/dev/null 2>&1 || need="$need cpio"
 command -v modprobe >/dev/null 2>&1 || need="$need kmod"
+# partition and filesystem oracles for src/guestfs (sfdisk, blkid and the mkfs tools)
+command -v sfdisk >/dev/null 2>&1 || need="$need fdisk"
+command -v mkfs.vfat >/dev/null 2>&1 || need="$need dosfstools"
+command -v mkfs.xfs >/dev/null 2>&1 || need="$need xfsprogs"
+command -v mkfs.btrfs >/dev/null 2>&1 || need="$need btrfs-progs"
 if [ -n "$need" ]; then
   echo "setup: installing Debian packages:$need"
   SUDO=""
