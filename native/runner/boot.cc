@@ -12,7 +12,7 @@ namespace {
 constexpr size_t kSetupSects = 0x1f1, kBootFlag = 0x1fe, kHeaderMagic = 0x202, kVersion = 0x206;
 constexpr size_t kTypeOfLoader = 0x210, kLoadFlags = 0x211, kRamdiskImage = 0x218, kRamdiskSize = 0x21c;
 constexpr size_t kHeapEndPtr = 0x224, kCmdLinePtr = 0x228, kInitrdAddrMax = 0x22c, kXLoadFlags = 0x236;
-constexpr size_t kCmdlineSize = 0x238, kInitSize = 0x260, kE820Entries = 0x1e8, kE820Table = 0x2d0;
+constexpr size_t kCmdlineSize = 0x238, kPrefAddress = 0x258, kInitSize = 0x260, kE820Entries = 0x1e8, kE820Table = 0x2d0;
 constexpr size_t kExtRamdiskImage = 0x0c0, kExtRamdiskSize = 0x0c4, kExtCmdLinePtr = 0x0c8;
 constexpr uint8_t kCanUseHeap = 0x80, kLoadedHigh = 0x01;
 constexpr uint16_t kXlfKernel64 = 0x01;
@@ -61,13 +61,17 @@ bool readKernel(const std::string& path, KernelImage& k, std::string& err) {
   k.initSize = rd32(f + kInitSize);
   uint64_t payload = k.file.size() - k.setupBytes;
   if (k.initSize < payload) k.initSize = static_cast<uint32_t>((payload + 0xfff) & ~0xfffull);
+  // The decompressor moves itself to pref_address (LOAD_PHYSICAL_ADDR) when loaded lower,
+  // and needs init_size bytes from there.
+  uint64_t pref = rd32(f + kPrefAddress) | uint64_t{rd32(f + kPrefAddress + 4)} << 32;
+  k.runAddress = pref > kKernelAddr && pref < (1ull << 32) ? pref : kKernelAddr;
   k.initrdAddrMax = rd32(f + kInitrdAddrMax);
   k.cmdlineSize = rd32(f + kCmdlineSize);
   return true;
 }
 
 uint64_t minimumMemory(const KernelImage& k, uint64_t initrdSize) {
-  return kKernelAddr + ((uint64_t{k.initSize} + 0xfff) & ~0xfffull) + ((initrdSize + 0xfff) & ~0xfffull);
+  return k.runAddress + ((uint64_t{k.initSize} + 0xfff) & ~0xfffull) + ((initrdSize + 0xfff) & ~0xfffull);
 }
 
 bool loadBoot(const GuestMemory& mem, const KernelImage& k, const std::vector<uint8_t>& initrd,
@@ -76,7 +80,7 @@ bool loadBoot(const GuestMemory& mem, const KernelImage& k, const std::vector<ui
   if (cmdline.size() > k.cmdlineSize || cmdline.size() >= 0x10000)
     return err = "command line is " + std::to_string(cmdline.size()) + " bytes; the kernel takes at most " + std::to_string(k.cmdlineSize), false;
   uint64_t payload = k.file.size() - k.setupBytes;
-  uint8_t* kernel = mem.ptr(kKernelAddr, k.initSize);
+  uint8_t* kernel = mem.ptr(kKernelAddr, payload);
   if (!kernel || minimumMemory(k, initrd.size()) > mem.low) return err = "too little memory for this kernel", false;
   memcpy(kernel, f + k.setupBytes, payload);
 
@@ -96,7 +100,7 @@ bool loadBoot(const GuestMemory& mem, const KernelImage& k, const std::vector<ui
     uint64_t top = mem.low;
     if (k.initrdAddrMax && top > uint64_t{k.initrdAddrMax} + 1) top = uint64_t{k.initrdAddrMax} + 1;
     uint64_t at = (top - initrd.size()) & ~0xfffull;
-    if (initrd.size() > top || at < kKernelAddr + k.initSize) return err = "too little memory for this kernel and initrd", false;
+    if (initrd.size() > top || at < k.runAddress + k.initSize) return err = "too little memory for this kernel and initrd", false;
     memcpy(mem.ptr(at, initrd.size()), initrd.data(), initrd.size());
     wr32(zp + kRamdiskImage, static_cast<uint32_t>(at));
     wr32(zp + kRamdiskSize, static_cast<uint32_t>(initrd.size()));

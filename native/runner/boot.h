@@ -14,7 +14,8 @@ constexpr uint16_t kBootCs = 0x10, kBootDs = 0x18;  // __BOOT_CS, __BOOT_DS
 struct KernelImage {
   std::vector<uint8_t> file;
   size_t setupBytes = 0;        // (setup_sects + 1) * 512: where the protected-mode kernel starts
-  uint32_t initSize = 0;        // memory the kernel needs from its load address
+  uint32_t initSize = 0;        // memory the kernel needs from where it runs
+  uint64_t runAddress = 0;      // where it runs: a relocatable kernel moves up to pref_address
   uint32_t initrdAddrMax = 0;
   uint32_t cmdlineSize = 0;
 };
@@ -26,7 +27,7 @@ struct BootState {
 
 // Reads and checks a bzImage; false with a message naming the file on anything wrong.
 bool readKernel(const std::string& path, KernelImage& k, std::string& err);
-// The least RAM (bytes) that holds the kernel's init_size and an initrd of this size.
+// The least RAM (bytes) that holds the kernel's init_size where it runs, and an initrd of this size.
 uint64_t minimumMemory(const KernelImage& k, uint64_t initrdSize);
 // Writes kernel, initrd, command line, zero page, page tables and GDT into guest RAM.
 bool loadBoot(const GuestMemory& mem, const KernelImage& k, const std::vector<uint8_t>& initrd,

@@ -284,7 +284,7 @@ describe('runner: configuration errors', { skip }, () => {
   });
 
   it('loads the Debian cloud kernel and its initrd-less setup without an error', { skip: !DEBIAN_KERNEL && 'no /boot/vmlinuz-*' }, async () => {
-    assert.match(startError({ kernel: DEBIAN_KERNEL, memoryMiB: 32 }).message, /too little memory/);
+    assert.match(startError({ kernel: DEBIAN_KERNEL, memoryMiB: 64 }).message, /too little memory/);
     const vm = startVm({ kernel: DEBIAN_KERNEL, memoryMiB: 256 });
     await new Promise((r) => setTimeout(r, 500));
     const exit = await vm.stop();
