@@ -6,7 +6,8 @@
 import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import { prng, randomBytes } from '../../helpers';
-import { CpioWriter, resolveModules } from './cpio-shim';
+import { CpioWriter } from '../../../src/runner/cpio';
+import { resolveModules } from '../../../src/runner/modules';
 
 export const BUSYBOX = '/bin/busybox';
 /** Console line prefix of everything the inner init reports. */

@@ -10,9 +10,12 @@
 import { spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { CpioWriter } from '../../../src/runner/cpio';
+import { findKernel, KernelChoice } from '../../../src/runner/kernel';
+import { resolveModules } from '../../../src/runner/modules';
 import { kvmStatus } from '../../../src/runner/vm';
 import { ROOT, tempDir } from '../../helpers';
-import { CpioWriter, resolveModules } from './cpio-shim';
+
 import { BUSYBOX, innerInitramfs } from './inner';
 
 const OUTER_TAG = '@@outer:';
@@ -22,25 +25,14 @@ const QEMU_FIRMWARE = ['/usr/share/seabios/bios-256k.bin', '/usr/share/qemu/linu
 /** Where things live inside the outer guest. */
 const G = { root: '/img', work: '/tmp/work', kernel: '/boot/vmlinuz', initrd: '/boot/inner.cpio', node: '/usr/bin/node' };
 
-export interface Kernel {
-  kernel: string;
-  release: string;
-}
-
-/** The newest /boot/vmlinuz-* with its modules (the lead's findKernel replaces this at the merge). */
-export function stockKernel(): Kernel | undefined {
-  const names = fs.existsSync('/boot') ? fs.readdirSync('/boot').filter((n) => n.startsWith('vmlinuz-')).sort() : [];
-  for (const name of names.reverse()) {
-    const release = name.slice('vmlinuz-'.length);
-    const kernel = path.join('/boot', name);
-    try {
-      fs.accessSync(kernel, fs.constants.R_OK);
-    } catch {
-      continue;
-    }
-    if (fs.existsSync(path.join('/lib/modules', release, 'modules.dep'))) return { kernel, release };
+/** The host's newest /boot/vmlinuz-* when it is readable and has its modules. */
+export function stockKernel(): KernelChoice | undefined {
+  try {
+    const k = findKernel();
+    return fs.existsSync(path.join(k.modulesDir, 'modules.dep')) ? k : undefined;
+  } catch {
+    return undefined;
   }
-  return undefined;
 }
 
 /** True when /dev/kvm is real hardware virtualisation (vmx/svm, not kvm_pvm). */
@@ -57,21 +49,16 @@ export function unavailable(): string | undefined {
   return undefined;
 }
 
-/** A CpioWriter that creates parent directories once. */
+/** A CpioWriter taking absolute guest paths, parents added as needed, each file once. */
 class Tree {
   readonly cpio = new CpioWriter();
-  private dirs = new Set<string>();
+  private files = new Set<string>();
 
-  dir(p: string): void {
-    if (p === '' || p === '.' || this.dirs.has(p)) return;
-    this.dir(path.posix.dirname(p));
-    this.dirs.add(p);
-    this.cpio.dir(p);
-  }
   file(guestPath: string, data: Uint8Array, mode = 0o644): void {
     const p = guestPath.replace(/^\/+/, '');
-    this.dir(path.posix.dirname(p));
-    this.cpio.file(p, data, mode);
+    if (this.files.has(p)) return;
+    this.files.add(p);
+    this.cpio.parents(p).file(p, data, mode);
   }
   host(guestPath: string, hostPath: string): void {
     this.file(guestPath, fs.readFileSync(hostPath), fs.statSync(hostPath).mode & 0o777);
@@ -88,7 +75,7 @@ class Tree {
   binary(guestPath: string, hostPath: string): void {
     this.host(guestPath, hostPath);
     const ldd = spawnSync('ldd', [hostPath], { encoding: 'utf8' });
-    for (const m of ldd.stdout.matchAll(/(\/\S+) \(0x/g)) if (!this.dirs.has(m[1])) this.host(m[1], m[1]);
+    for (const m of ldd.stdout.matchAll(/(\/\S+) \(0x/g)) this.host(m[1], m[1]);
   }
 }
 
@@ -134,7 +121,7 @@ reboot -f
 }
 
 export interface OuterOptions {
-  kernel: Kernel;
+  kernel: KernelChoice;
   script: string;
   /** Bytes of the disk image the script finds at $DISK (copied in and back out). */
   diskBytes?: number;
@@ -145,7 +132,7 @@ export interface OuterOptions {
 /** The outer initramfs (uncompressed newc). */
 export function outerInitramfs(o: OuterOptions): Buffer {
   const t = new Tree();
-  for (const d of ['dev', 'proc', 'sys', 'tmp', 'bin']) t.dir(d);
+  for (const d of ['dev', 'proc', 'sys', 'tmp']) t.cpio.dir(d);
   t.cpio.node('dev/console', 'c', 5, 1);
   t.host('/bin/busybox', BUSYBOX);
   const mods = resolveModules(o.kernel.release, ['kvm_amd', 'virtio_blk', 'virtio_pci']);
@@ -238,7 +225,7 @@ function collect(cmd: string, args: string[], env: NodeJS.ProcessEnv, timeoutMs:
   });
 }
 
-async function runOnHost(o: ScriptOptions, kernel: Kernel, timeoutMs: number): Promise<ScriptResult> {
+async function runOnHost(o: ScriptOptions, kernel: KernelChoice, timeoutMs: number): Promise<ScriptResult> {
   const dir = tempDir('img-nested-host-');
   const initrd = path.join(dir, 'inner.cpio');
   fs.writeFileSync(initrd, innerInitramfs(kernel.release));
