@@ -2,7 +2,7 @@
  * Boots the inner guest once and reports on stdout, for the nested test bed. Runs inside the
  * outer guest (or on a host with hardware KVM), so it imports nothing but node and the project.
  *   node guest-run.js --engine qemu|runner --kernel K --initrd I [--cmdline C]
- *                     [--disk file:PATH | --disk nbd:SOCKET] [--timeout MS]
+ *                     [--disk file:PATH | --disk file-ro:PATH | --disk nbd:SOCKET] [--timeout MS]
  * Prints the guest console as it comes, then `@@vm:init-ms N` (start to the inner init's first
  * report) and `@@vm:exit {"reason":…,"code":…}`.
  */
@@ -46,8 +46,10 @@ function parseArgs(argv: string[]): Args {
 /** qemu-system-x86_64 -enable-kvm with the runner's device model: legacy virtio-blk-pci, no ACPI. */
 function startQemu(a: Args): { console: Readable; exited: Promise<Exit> } {
   const drives = a.disks.flatMap((d, i) => {
-    const file = d.startsWith('nbd:') ? `nbd:unix:${d.slice(4)}` : d.slice('file:'.length);
-    return ['-drive', `file=${file},format=raw,if=none,id=d${i}`, '-device', `virtio-blk-pci,disable-modern=on,drive=d${i}`];
+    const [kind, arg] = [d.slice(0, d.indexOf(':')), d.slice(d.indexOf(':') + 1)];
+    const file = kind === 'nbd' ? `nbd:unix:${arg}` : arg;
+    const ro = kind === 'file-ro' ? ',readonly=on' : '';
+    return ['-drive', `file=${file},format=raw,if=none,id=d${i}${ro}`, '-device', `virtio-blk-pci,disable-modern=on,drive=d${i}`];
   });
   const child = spawn(
     'qemu-system-x86_64',
@@ -69,7 +71,11 @@ function startQemu(a: Args): { console: Readable; exited: Promise<Exit> } {
 
 /** img's runner. XSAVE is masked: nested SVM under TCG lacks the XSETBV intercept. */
 function startRunner(a: Args): { console: Readable; exited: Promise<Exit> } {
-  const disks = a.disks.map((d): DiskConfig => (d.startsWith('nbd:') ? { kind: 'nbd', socket: d.slice(4) } : { kind: 'file', path: d.slice('file:'.length) }));
+  const disks = a.disks.map((d): DiskConfig => {
+    const [kind, arg] = [d.slice(0, d.indexOf(':')), d.slice(d.indexOf(':') + 1)];
+    if (kind === 'nbd') return { kind: 'nbd', socket: arg };
+    return { kind: 'file', path: arg, readOnly: kind === 'file-ro' };
+  });
   const vm = startVm({ kernel: a.kernel, initrd: a.initrd, cmdline: a.cmdline, memoryMiB: 512, disks, timeoutMs: a.timeoutMs, maskXsave: true });
   return { console: vm.console, exited: vm.exited };
 }

@@ -11,7 +11,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { describe, it } from 'node:test';
 import { qemuCheck, qemuImg, tempDir } from '../../helpers';
-import { DISK_BYTES, INNER_CMDLINE, innerReports, md5, readPattern, READ_BYTES, READ_OFFSET, WRITE_OFFSET, writePattern, writeTestDisk } from './inner';
+import { DISK_BYTES, INNER_CMDLINE, innerReports, md5, readPattern, READ_BYTES, READ_OFFSET, WRITE_BYTES, WRITE_OFFSET, writePattern, writeTestDisk } from './inner';
 import { runScript, unavailable } from './outer';
 
 const ENGINE = process.env.IMG_NESTED_ENGINE ?? 'runner';
@@ -32,8 +32,11 @@ function expectedDisk(nonce: string): Buffer {
   return d;
 }
 
-/** The inner guest's reports and the VM's exit, checked against what the host put and expects. */
-function assertInnerRun(output: string, nonce: string): void {
+/**
+ * The inner guest's reports and the VM's exit, checked against what the host put and expects;
+ * on a read-only disk the write must fail and the region read back unchanged (zeros).
+ */
+function assertInnerRun(output: string, nonce: string, readOnly = false): void {
   const exit = /@@vm:exit (\{[^\r\n]*\})/.exec(output);
   if (!exit) assert.fail(`no VM exit reported:\n${output}`);
   assert.deepEqual(JSON.parse(exit[1]), { reason: 'shutdown', code: 0 }, output);
@@ -41,12 +44,13 @@ function assertInnerRun(output: string, nonce: string): void {
   assert.equal(r.get('init'), '1', `the inner init never ran:\n${output}`);
   assert.equal(r.get('sectors'), String(DISK_BYTES / 512), output);
   assert.equal(r.get('read'), md5(readPattern().subarray(0, READ_BYTES)), output);
-  assert.equal(r.get('written'), md5(writePattern(nonce)), output);
+  assert.equal(r.get('written'), md5(readOnly ? Buffer.alloc(WRITE_BYTES) : writePattern(nonce)), output);
   assert.equal(r.get('done'), '1', output);
-  for (const bad of ['insmod-failed', 'novda', 'write-failed']) assert.ok(!r.has(bad), `${bad}:\n${output}`);
+  assert.equal(r.has('write-failed'), readOnly, output);
+  for (const bad of ['insmod-failed', 'novda']) assert.ok(!r.has(bad), `${bad}:\n${output}`);
 }
 
-describe('runner end to end: stock kernel, busybox init, virtio-blk', { skip, timeout: 2 * TIMEOUT_MS }, () => {
+describe('runner end to end: stock kernel, busybox init, virtio-blk', { skip, timeout: 3 * TIMEOUT_MS }, () => {
   it('file backend: reads the pattern from a raw image and writes one the host sees', { timeout: TIMEOUT_MS + 30_000 }, async () => {
     const dir = tempDir('img-nested-file-');
     const disk = path.join(dir, 'disk.raw');
@@ -56,6 +60,18 @@ describe('runner end to end: stock kernel, busybox init, virtio-blk', { skip, ti
     assert.equal(r.status, 0, r.output);
     assertInnerRun(r.output, nonce);
     assert.ok(fs.readFileSync(disk).equals(expectedDisk(nonce)), 'the image does not hold what the guest wrote');
+  });
+
+  it('read-only file disk: the guest cannot write, the image stays as it was', { timeout: TIMEOUT_MS + 30_000 }, async () => {
+    const dir = tempDir('img-nested-ro-');
+    const disk = path.join(dir, 'disk.raw');
+    writeTestDisk(disk);
+    const before = fs.readFileSync(disk);
+    const nonce = randomBytes(6).toString('hex');
+    const r = await runScript({ disk, script: boot(nonce, 'file-ro:"$DISK"'), timeoutMs: TIMEOUT_MS, qemu: ENGINE === 'qemu' });
+    assert.equal(r.status, 0, r.output);
+    assertInnerRun(r.output, nonce, true);
+    assert.ok(fs.readFileSync(disk).equals(before), 'a read-only disk was written');
   });
 
   it('NBD backend: img serve on a qcow2, the write lands in the qcow2', { timeout: TIMEOUT_MS + 30_000 }, async () => {
