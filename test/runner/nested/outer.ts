@@ -23,7 +23,9 @@ const QEMU = 'qemu-system-x86_64';
 /** Firmware qemu -enable-kvm loads for a -kernel boot of the pc machine. */
 const QEMU_FIRMWARE = ['/usr/share/seabios/bios-256k.bin', '/usr/share/qemu/linuxboot_dma.bin', '/usr/share/qemu/kvmvapic.bin'];
 /** Where things live inside the outer guest. */
-const G = { root: '/img', work: '/tmp/work', kernel: '/boot/vmlinuz', initrd: '/boot/inner.cpio', node: '/usr/bin/node' };
+const G = { root: '/img', work: '/tmp/work', initrd: '/boot/inner.cpio', node: '/usr/bin/node' };
+/** The inner kernel inside the outer guest: where findKernel looks, by its release. */
+const guestKernel = (k: KernelChoice) => `/boot/vmlinuz-${k.release}`;
 
 /** The host's newest /boot/vmlinuz-* when it is readable and has its modules. */
 export function stockKernel(): KernelChoice | undefined {
@@ -95,7 +97,7 @@ function addProject(t: Tree): void {
 }
 
 /** The outer /init: modules, /dev/kvm, the disk in, the test script, the disk out, reboot. */
-function outerInit(modules: string[], diskBytes: number | undefined): string {
+function outerInit(kernel: string, modules: string[], diskBytes: number | undefined): string {
   const copyIn = diskBytes === undefined ? '' : `head -c ${diskBytes} /dev/vda > "$DISK" || say disk-in-failed 1\n`;
   const copyOut =
     diskBytes === undefined ? '' : `dd if="$DISK" of=/dev/vda bs=1M conv=fsync 2>/dev/null && say disk-size $(stat -c %s "$DISK")\n`;
@@ -110,7 +112,7 @@ for m in ${modules.join(' ')}; do insmod /lib/modules/$m.ko || say insmod-failed
 i=0
 while [ ! -b /dev/vda ] && [ $i -lt 100 ]; do usleep 100000; i=$((i+1)); done
 [ -c /dev/kvm ] && say kvm 1
-export NODE=${G.node} ROOT=${G.root} WORK=${G.work} KERNEL=${G.kernel} INITRD=${G.initrd} DISK=${G.work}/disk
+export NODE=${G.node} ROOT=${G.root} WORK=${G.work} KERNEL=${kernel} INITRD=${G.initrd} DISK=${G.work}/disk
 export GUEST_RUN=${G.root}/dist/test/runner/nested/guest-run.js PATH=/bin:/usr/bin HOME=/tmp
 ${copyIn}sh /test.sh
 rc=$?
@@ -127,6 +129,17 @@ export interface OuterOptions {
   diskBytes?: number;
   /** Also pack qemu-system-x86_64, its libraries and firmware (for the bench). */
   qemu?: boolean;
+  /** Also pack the inner kernel's /lib/modules tree, cut down to these modules (for img boot). */
+  kernelModules?: string[];
+}
+
+/** /lib/modules/<release> as resolveModules reads it, with only the modules `names` need. */
+function addModuleTree(t: Tree, k: KernelChoice, names: string[]): void {
+  const guestDir = `/lib/modules/${k.release}`;
+  for (const f of ['modules.dep', 'modules.softdep', 'modules.alias', 'modules.builtin', 'modules.builtin.modinfo']) {
+    if (fs.existsSync(path.join(k.modulesDir, f))) t.host(`${guestDir}/${f}`, path.join(k.modulesDir, f));
+  }
+  for (const m of resolveModules(k.release, names)) t.host(`${guestDir}/${path.relative(k.modulesDir, m.path)}`, m.path);
 }
 
 /** The outer initramfs (uncompressed newc). */
@@ -144,10 +157,11 @@ export function outerInitramfs(o: OuterOptions): Buffer {
     for (const f of QEMU_FIRMWARE) t.host(f, f);
   }
   addProject(t);
-  t.host(G.kernel, o.kernel.kernel);
+  t.host(guestKernel(o.kernel), o.kernel.kernel);
+  if (o.kernelModules) addModuleTree(t, o.kernel, o.kernelModules);
   t.file(G.initrd, innerInitramfs(o.kernel.release));
   t.file('/test.sh', Buffer.from(o.script), 0o755);
-  t.file('/init', Buffer.from(outerInit(mods.map((m) => m.name), o.diskBytes)), 0o755);
+  t.file('/init', Buffer.from(outerInit(guestKernel(o.kernel), mods.map((m) => m.name), o.diskBytes)), 0o755);
   return t.cpio.finish();
 }
 
@@ -166,6 +180,7 @@ export interface ScriptOptions {
   /** A disk image on the host the script sees as $DISK; its new contents come back here. */
   disk?: string;
   qemu?: boolean;
+  kernelModules?: string[];
   timeoutMs?: number;
   /** Forces the outer TCG guest even when the host has hardware KVM. */
   nested?: boolean;
@@ -180,7 +195,7 @@ export async function runScript(o: ScriptOptions): Promise<ScriptResult> {
   const dir = tempDir('img-nested-');
   const diskBytes = o.disk === undefined ? undefined : fs.statSync(o.disk).size;
   const initrd = path.join(dir, 'outer.cpio');
-  fs.writeFileSync(initrd, outerInitramfs({ kernel, script: o.script, diskBytes, qemu: o.qemu }));
+  fs.writeFileSync(initrd, outerInitramfs({ kernel, script: o.script, diskBytes, qemu: o.qemu, kernelModules: o.kernelModules }));
   // The transfer disk: the image at offset 0, room for it to grow (qcow2 allocations).
   const transfer = path.join(dir, 'transfer.raw');
   if (o.disk !== undefined) fs.copyFileSync(o.disk, transfer);
