@@ -82,12 +82,15 @@ describe('runner end to end: stock kernel, busybox init, virtio-blk', { skip, ti
     qemuImg('convert', '-f', 'raw', '-O', 'qcow2', raw, qcow2);
     const nonce = randomBytes(6).toString('hex');
     // img serve exits by itself after its one client (the VM) disconnects, having flushed;
-    // SIGTERM (flush, then exit 0) ends it if the VM never connected.
+    // SIGTERM (flush, then exit 0) ends it if it is still there 30 s later (the VM never
+    // connected). Not at once: a SIGTERM that lands while node is already exiting kills it.
     const script = `"$NODE" "$ROOT/bin/img" serve -f qcow2 --socket "$WORK/nbd.sock" "$DISK" &
 serve=$!
 i=0
 while [ ! -S "$WORK/nbd.sock" ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done
-${boot(nonce, 'nbd:"$WORK/nbd.sock"')}kill $serve 2>/dev/null
+${boot(nonce, 'nbd:"$WORK/nbd.sock"')}i=0
+while kill -0 $serve 2>/dev/null && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done
+kill $serve 2>/dev/null
 wait $serve
 echo "@@serve:exit $?"
 `;

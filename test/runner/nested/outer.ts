@@ -220,10 +220,14 @@ export async function runScript(o: ScriptOptions): Promise<ScriptResult> {
   return { mode: 'nested', output, status: exit === undefined ? null : Number(exit) };
 }
 
-/** Runs a command to its end (or kills it after timeoutMs); stdout and stderr interleaved, echoed to stderr with IMG_NESTED_VERBOSE=1. */
+/**
+ * Runs a command to its end, or kills its whole process group after timeoutMs (a host-mode
+ * script's node and img serve too); stdout and stderr interleaved, echoed to stderr with
+ * IMG_NESTED_VERBOSE=1.
+ */
 function collect(cmd: string, args: string[], env: NodeJS.ProcessEnv, timeoutMs: number): Promise<{ output: string; status: number | null }> {
   return new Promise((resolve, reject) => {
-    const child = spawn(cmd, args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(cmd, args, { env, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
     const chunks: Buffer[] = [];
     const take = (b: Buffer) => {
       chunks.push(b);
@@ -231,10 +235,19 @@ function collect(cmd: string, args: string[], env: NodeJS.ProcessEnv, timeoutMs:
     };
     child.stdout.on('data', take);
     child.stderr.on('data', take);
-    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+    const killGroup = () => {
+      try {
+        process.kill(-child.pid!, 'SIGKILL');
+      } catch {
+        // already gone
+      }
+    };
+    const timer = setTimeout(killGroup, timeoutMs);
+    process.on('exit', killGroup);
     child.on('error', reject);
     child.on('close', (status) => {
       clearTimeout(timer);
+      process.off('exit', killGroup);
       resolve({ output: Buffer.concat(chunks).toString('latin1'), status });
     });
   });
