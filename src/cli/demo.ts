@@ -113,7 +113,7 @@ function bootStep(dir: string): void {
   }
   process.stdout.write('\nBoot it: an ext4 filesystem made with mke2fs -d, as qcow2, booted to read a file inside it:\n');
   step(dir, 'img', ['convert', '-O', 'qcow2', 'guest.raw', 'guest.qcow2']);
-  step(dir, 'img', ['boot', 'guest.qcow2', '--', 'sh', '-c', 'cat hello.txt; echo "kernel $(uname -r), $(ls | wc -l) entries at the root of its filesystem"']);
+  step(dir, 'img', ['boot', 'guest.qcow2', '--', 'cat', 'hello.txt']);
 }
 
 const onDisk = (dir: string, name: string): string => sizeToStr(fs.statSync(path.join(dir, name)).blocks * 512);

@@ -60,7 +60,7 @@ export interface BootOptions {
   snapshot?: boolean;
   timeoutSec?: number;
   engine?: EngineName;
-  /** Output as it arrives (the command's in appliance mode, the console in root mode). */
+  /** Output as it arrives (the command's in appliance mode, the console in root mode); `output` is then left empty. */
   onOutput?: (chunk: Buffer) => void;
   /** Console lines that are not output (kernel and init messages in appliance mode). */
   onConsole?: (chunk: Buffer) => void;
@@ -73,6 +73,7 @@ export interface BootOptions {
 export interface BootResult {
   /** The command's exit status; EXIT_TIMEOUT, EXIT_NO_RESULT or EXIT_INTERRUPTED otherwise. */
   exitCode: number;
+  /** The command's output (root mode: the console), unless it was streamed to `onOutput`. */
   output: string;
   /** Why the exit status is not the command's (or root mode's shutdown), in one line. */
   message?: string;
@@ -197,10 +198,8 @@ export async function boot(image: string, opts: BootOptions): Promise<BootResult
 /** Runs the machine to its end and turns what happened into a BootResult. */
 async function run(spec: MachineSpec, engine: EngineName, accel: 'kvm' | 'tcg', nonce: string | undefined, opts: BootOptions): Promise<BootResult> {
   const output: Buffer[] = [];
-  const onOutput = (chunk: Buffer) => {
-    output.push(Buffer.from(chunk));
-    opts.onOutput?.(chunk);
-  };
+  // Streamed output is not kept as well: memory stays bounded however much the guest prints.
+  const onOutput = opts.onOutput ?? ((chunk: Buffer) => output.push(Buffer.from(chunk)));
   const reader = nonce ? new ConsoleResult(nonce, onOutput, (c) => opts.onConsole?.(c)) : undefined;
   const tail: Buffer[] = []; // the last console bytes, for a guest that dies without a result
   const machine = startMachine(spec, engine, accel);

@@ -31,7 +31,8 @@ export function shellQuote(word: string): string {
 
 export function initScript(plan: InitPlan): string {
   const dev = `/dev/${plan.device}`;
-  const mountOpts = plan.readOnly ? 'ro' : 'rw';
+  // noload: a read-only disk cannot take an ext3/ext4 journal replay, so skip it.
+  const mountOpts = plan.readOnly ? (plan.fsType === 'ext3' || plan.fsType === 'ext4' ? 'ro,noload' : 'ro') : 'rw';
   const run = plan.chroot ? 'chroot /mnt "$@"' : 'cd /mnt && "$@"';
   return `#!/bin/sh
 /bin/busybox --install -s /bin
