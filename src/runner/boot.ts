@@ -19,6 +19,7 @@ import { ImageError } from '../block/errors';
 import { Image } from '../block/image';
 import { openImage } from '../formats/index';
 import { NbdServer } from '../nbd/server';
+import { isNbdUri } from '../nbd/uri';
 import { createOverlay } from '../snapshot/chain';
 import { buildAppliance } from './appliance';
 import { ConsoleResult } from './console-result';
@@ -91,7 +92,8 @@ async function attachDisk(file: string, opts: BootOptions, dir: string, findFs: 
   let image = await openImage(file, { format: opts.format, readOnly: readOnly || !!opts.snapshot });
   try {
     await findFs(image);
-    if (image.format === 'raw' && !opts.snapshot && !file.includes('://')) {
+    const remote = isNbdUri(file); // an NBD export: img's server relays it (the engines take local disks only)
+    if (image.format === 'raw' && !opts.snapshot && !remote) {
       await image.close();
       return { disk: { kind: 'file', path: path.resolve(file), readOnly } };
     }
@@ -144,6 +146,7 @@ function checkOptions(opts: BootOptions): void {
 /** Boots `image` and runs `opts.command` in it (or boots its root filesystem with `opts.root`). */
 export async function boot(image: string, opts: BootOptions): Promise<BootResult> {
   checkOptions(opts);
+  if (opts.snapshot && isNbdUri(image)) throw new ImageError('UNSUPPORTED', '--snapshot needs an image file: an NBD export cannot back an overlay');
   const choice = chooseEngine(opts.engine);
   if (choice.note) opts.onNotice?.(choice.note);
   const kernel = findKernel(opts.kernel);
