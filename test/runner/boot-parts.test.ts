@@ -1,10 +1,15 @@
 /** img boot's host-side parts without a VM: the console result reader, sh quoting, engine choice. */
 import * as assert from 'node:assert/strict';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { gunzipSync } from 'node:zlib';
 import { test } from 'node:test';
+import { buildAppliance } from '../../src/runner/appliance';
 import { ConsoleResult } from '../../src/runner/console-result';
 import { chooseEngine, KvmStatus } from '../../src/runner/engine';
 import { shellQuote } from '../../src/runner/init-script';
-import { prng, run } from '../helpers';
+import { findKernel } from '../../src/runner/kernel';
+import { prng, run, tempDir } from '../helpers';
 
 const NONCE = '0123456789abcdef';
 
@@ -84,4 +89,30 @@ test('engine choice: native only on hardware KVM; qemu with TCG otherwise, and a
   assert.equal(chooseEngine('native', none, no).engine, 'native'); // the runner itself reports what is wrong
   assert.throws(() => chooseEngine(undefined, none, no), /not accessible, so the native runner cannot be used, and qemu-system-x86_64 is not installed: install qemu-system-x86/);
   assert.throws(() => chooseEngine('qemu', hw, no), /install qemu-system-x86/);
+});
+
+test('appliance: GNU cpio lists busybox, the console node, /init and the modules in the order init loads them', () => {
+  const kernel = findKernel();
+  const request = { nonce: NONCE, release: kernel.release, modulesRoot: path.dirname(kernel.modulesDir), device: 'vda1', readOnly: false, chroot: false, argv: ['sh', 'test.sh'] };
+  const archive = path.join(tempDir(), 'appliance.cpio');
+  fs.writeFileSync(archive, gunzipSync(buildAppliance({ ...request, fs: 'xfs' })));
+  const list = run('sh', ['-c', `cpio -itv < ${archive}`]);
+  assert.equal(list.status, 0, list.stderr);
+  assert.match(list.stdout, /^-rwxr-xr-x .* bin\/busybox$/m);
+  assert.match(list.stdout, /^crw------- .* 5, +1 .* dev\/console$/m);
+  assert.match(list.stdout, /^-rwxr-xr-x .* init$/m);
+  const init = run('sh', ['-c', `cpio -i --to-stdout init < ${archive}`]).stdout;
+  const loaded = /for m in (.*); do/.exec(init)![1].split(' ').map((m) => path.basename(m, ".ko'"));
+  // Dependencies first (modules.dep), the disk's driver, then the filesystem's.
+  for (const [before, after] of [['virtio_ring', 'virtio_pci'], ['virtio', 'virtio_blk'], ['libcrc32c', 'xfs'], ['virtio_pci', 'virtio_blk']]) {
+    assert.ok(loaded.indexOf(before) >= 0 && loaded.indexOf(before) < loaded.indexOf(after), `${before} before ${after}: ${loaded.join(' ')}`);
+  }
+  for (const m of loaded) assert.match(list.stdout, new RegExp(`lib/modules/${m}\\.ko$`, 'm'));
+  assert.match(init, /mount -t xfs -o rw \/dev\/vda1 \/mnt/);
+  assert.match(init, /set -- 'sh' 'test.sh'/);
+  // ext4 is built into this kernel: nothing to load for it.
+  const ext4Init = gunzipSync(buildAppliance({ ...request, fs: 'ext4', readOnly: true }));
+  assert.doesNotMatch(ext4Init.toString('latin1'), /lib\/modules\/ext4\.ko/);
+  assert.match(ext4Init.toString('latin1'), /mount -t ext4 -o ro,noload/);
+  assert.throws(() => buildAppliance({ ...request, fs: 'ntfs' }), /the appliance cannot mount a ntfs filesystem/);
 });
