@@ -165,7 +165,7 @@ test('bad input fails before booting, with one clear line and nothing left behin
   }
 });
 
-test('root mode: a debootstrapped Debian boots with its initramfs loading virtio and runs the given init', { timeout: TIMEOUT_MS }, (t) => {
+test('root mode: a debootstrapped Debian boots with its initramfs loading virtio and runs the given init; --chroot runs its tools', { timeout: TIMEOUT_MS }, (t) => {
   if (process.getuid?.() !== 0) return t.skip('debootstrap needs root');
   const tree = path.join(dir, 'debian');
   const ds = run('debootstrap', ['--variant=minbase', 'bookworm', tree, 'http://deb.debian.org/debian']);
@@ -185,4 +185,9 @@ test('root mode: a debootstrapped Debian boots with its initramfs loading virtio
   assert.equal(r.status, 0, r.stderr);
   assert.match(r.stdout, /^root mode ok: Debian 12\.\d+\r?$/m);
   assert.match(r.stdout, /^virtio_blk\r?$/m);
+
+  // The same image in appliance mode, chrooted: the distribution's own tools run.
+  const c = imgBoot('--snapshot', '--chroot', rootfs, '--', 'dpkg-query', '-W', '-f=${Package} ${Status}\\n', 'dpkg');
+  assert.equal(c.status, 0, c.stderr);
+  assert.equal(c.stdout, 'dpkg install ok installed\n');
 });
