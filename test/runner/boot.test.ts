@@ -9,6 +9,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { test } from 'node:test';
 import { boot } from '../../src/index';
+import { hostKvm } from '../../src/runner/engine';
 import { IMG, qemuCheck, qemuImg, run, RunResult, sha256File, tempDir } from '../helpers';
 
 const ENGINE = process.env.IMG_BOOT_ENGINE as 'native' | 'qemu' | undefined;
@@ -163,9 +164,15 @@ test('bad input fails before booting, with one clear line and nothing left behin
     assert.equal(r.status, 1, `${args.join(' ')}: ${r.stderr}`);
     assert.match(r.stderr, message);
   }
+  // No hardware KVM and no qemu on PATH: an error naming what to install.
+  if (!hostKvm().hardware) {
+    const r = run('env', ['PATH=/nonexistent', `TMPDIR=${imgTmp}`, process.execPath, IMG, 'boot', raw, '--', 'true']);
+    assert.equal(r.status, 1);
+    assert.match(r.stderr, /^img: \/dev\/kvm .*, so the native runner cannot be used, and qemu-system-x86_64 is not installed: install qemu-system-x86/m);
+  }
 });
 
-test('root mode: a debootstrapped Debian boots with its initramfs loading virtio and runs the given init; --chroot runs its tools', { timeout: TIMEOUT_MS }, (t) => {
+test('root mode: a debootstrapped Debian boots with its initramfs loading virtio and runs the given init; --chroot runs its tools', { timeout: 2 * TIMEOUT_MS }, (t) => {
   if (process.getuid?.() !== 0) return t.skip('debootstrap needs root');
   const tree = path.join(dir, 'debian');
   const ds = run('debootstrap', ['--variant=minbase', 'bookworm', tree, 'http://deb.debian.org/debian']);
