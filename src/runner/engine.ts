@@ -8,6 +8,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Readable } from 'node:stream';
 import { ImageError } from '../block/errors';
+import { kvmStatus } from './vm';
 
 export type EngineName = 'native' | 'qemu';
 
@@ -45,25 +46,14 @@ export interface KvmStatus {
 }
 
 /**
- * Whether /dev/kvm is there and backed by hardware: not under kvm_pvm (a software hypervisor,
- * ~10,000 times slower in guest kernel mode) and with vmx or svm in /proc/cpuinfo. The same
- * rule as the runner's kvmStatus(), without opening the device.
+ * The runner's kvmStatus(), with the reason when /dev/kvm works but is not hardware-backed:
+ * kvm_pvm (a software hypervisor, ~10,000 times slower in guest kernel mode) or no vmx/svm flag.
  */
 export function hostKvm(): KvmStatus {
-  try {
-    fs.accessSync('/dev/kvm', fs.constants.R_OK | fs.constants.W_OK);
-  } catch {
-    return { usable: false, hardware: false, why: '/dev/kvm is missing or not accessible' };
-  }
-  if (fs.existsSync('/sys/module/kvm_pvm')) return { usable: true, hardware: false, why: '/dev/kvm is a software hypervisor (kvm_pvm)' };
-  let cpuinfo = '';
-  try {
-    cpuinfo = fs.readFileSync('/proc/cpuinfo', 'utf8');
-  } catch {
-    // unreadable: treat as no virtualization flags
-  }
-  if (!/^flags\s*:.*\b(vmx|svm)\b/m.test(cpuinfo)) return { usable: true, hardware: false, why: '/dev/kvm is not hardware-backed (no vmx or svm CPU flag)' };
-  return { usable: true, hardware: true };
+  const status = kvmStatus();
+  if (!status.usable || status.hardware) return status;
+  const why = fs.existsSync('/sys/module/kvm_pvm') ? '/dev/kvm is a software hypervisor (kvm_pvm)' : '/dev/kvm is not hardware-backed (no vmx or svm CPU flag)';
+  return { ...status, why };
 }
 
 export const QEMU = 'qemu-system-x86_64';
