@@ -7,11 +7,10 @@
  * without reporting one). With --root: boots the image's own root filesystem and shows the
  * console until the guest shuts down.
  */
-import * as os from 'node:os';
 import { Command } from 'commander';
 import { ImageError } from '../block/errors';
 import { parseSize } from '../formats/options';
-import { boot, EXIT_INTERRUPTED } from '../runner/boot';
+import { boot } from '../runner/boot';
 import { EngineName } from '../runner/engine';
 import { action } from './command';
 import { formatArg } from './common';
@@ -56,6 +55,11 @@ export function register(program: Command): void {
     .option('-v, --verbose', 'show the whole console on stderr')
     .argument('<image>')
     .argument('[command...]', 'the command to run in the image (after --)')
+    .addHelpText(
+      'after',
+      "\nExit status: the command's; 124 when --timeout fires, 125 when the guest ends without reporting a status,\n" +
+        '130 when interrupted, 1 for errors before the boot. --root: 0 when the guest shuts down.',
+    )
     .action(
       action(1, async ({ opts, args }) => {
         const [image, ...command] = args;
@@ -86,7 +90,7 @@ export function register(program: Command): void {
           signal: controller.signal,
         });
         if (result.message) process.stderr.write(`img: ${result.message}\n`);
-        return result.exitCode === EXIT_INTERRUPTED ? 128 + os.constants.signals.SIGINT : result.exitCode;
+        return result.exitCode;
       }),
     );
 }
