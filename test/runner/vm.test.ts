@@ -166,6 +166,22 @@ describe('runner: tiny guest', { skip }, () => {
     assert.match(r.exit.message ?? '', /nobody\.sock: cannot connect/);
   });
 
+  it('ends with an error when the NBD server goes away mid-run', async () => {
+    const image = path.join(dir, 'gone.raw');
+    fs.writeFileSync(image, Buffer.alloc(64 << 20));
+    const socket = path.join(dir, 'gone.sock');
+    const served = await imgServe(['-f', 'raw', '-k', socket, image]);
+    const vm = startVm({ kernel: tinyGuest(), cmdline: 'test=bench mode=read mib=100000', memoryMiB: 64, timeoutMs: 60_000, disks: [{ kind: 'nbd', socket }] });
+    let out = '';
+    vm.console.on('data', (d: Buffer) => {
+      out += d.toString();
+      if (out.includes('bench start')) void served.stop('SIGKILL');
+    });
+    const exit = await vm.exited;
+    assert.equal(exit.reason, 'error', out);
+    assert.match(exit.message ?? '', /NBD server closed the connection/);
+  });
+
   const hostile: [string, RegExp][] = [
     ['baddesc', /descriptor points outside guest RAM/],
     ['loopchain', /descriptor chain loops/],
