@@ -196,3 +196,11 @@ export type { BootOptions, BootResult } from './runner/boot';
  * own root filesystem. Uses the bundled KVM runner on hardware KVM, qemu-system-x86_64 elsewhere.
  */
 export { boot } from './runner/boot';
+
+export type { DiskConfig, Vm, VmConfig, VmExit } from './runner/vm';
+/**
+ * The bundled KVM runner itself: `startVm({ kernel, initrd, cmdline, disks: [{ kind: 'file', path }] })`
+ * boots a bzImage with virtio-blk disks (host files or NBD exports) and a serial console;
+ * `kvmStatus()` says whether /dev/kvm is usable and hardware-backed.
+ */
+export { kvmStatus, startVm } from './runner/vm';
