@@ -8,6 +8,8 @@
 #include <cstring>
 #include <linux/falloc.h>
 
+Napi::Object InitFuse(Napi::Env env, Napi::Object exports);  // fuse.cc
+
 namespace {
 
 Napi::Value ThrowErrno(Napi::Env env, const char* what, int err) {
@@ -60,7 +62,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("FALLOC_FL_KEEP_SIZE", Napi::Number::New(env, FALLOC_FL_KEEP_SIZE));
   exports.Set("FALLOC_FL_PUNCH_HOLE", Napi::Number::New(env, FALLOC_FL_PUNCH_HOLE));
   exports.Set("FALLOC_FL_ZERO_RANGE", Napi::Number::New(env, FALLOC_FL_ZERO_RANGE));
-  return exports;
+  return InitFuse(env, exports);
 }
 
 }  // namespace
