@@ -7,6 +7,7 @@
 #include <cerrno>
 #include <cstring>
 #include <linux/falloc.h>
+#include "runner/napi_vm.h"
 
 Napi::Object InitFuse(Napi::Env env, Napi::Object exports);  // fuse.cc
 
@@ -62,6 +63,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("FALLOC_FL_KEEP_SIZE", Napi::Number::New(env, FALLOC_FL_KEEP_SIZE));
   exports.Set("FALLOC_FL_PUNCH_HOLE", Napi::Number::New(env, FALLOC_FL_PUNCH_HOLE));
   exports.Set("FALLOC_FL_ZERO_RANGE", Napi::Number::New(env, FALLOC_FL_ZERO_RANGE));
+  runner::registerRunner(env, exports);
   return InitFuse(env, exports);
 }
 

@@ -12,6 +12,18 @@ command -v g++ >/dev/null 2>&1 || need="$need g++"
 command -v make >/dev/null 2>&1 || need="$need make"
 command -v python3 >/dev/null 2>&1 || need="$need python3"
 command -v e2fsck >/dev/null 2>&1 || need="$need e2fsprogs"
+# img boot: a kernel with its modules, busybox for the appliance, qemu as the engine where
+# /dev/kvm is missing or software-only; cpio and modprobe are the tests' oracles.
+ls /boot/vmlinuz-* >/dev/null 2>&1 || need="$need linux-image-cloud-amd64"
+[ -x /bin/busybox ] || need="$need busybox-static"
+command -v qemu-system-x86_64 >/dev/null 2>&1 || need="$need qemu-system-x86"
+command -v cpio >/dev/null 2>&1 || need="$need cpio"
+command -v modprobe >/dev/null 2>&1 || need="$need kmod"
+# partition and filesystem oracles for src/guestfs (sfdisk, blkid and the mkfs tools)
+command -v sfdisk >/dev/null 2>&1 || need="$need fdisk"
+command -v mkfs.vfat >/dev/null 2>&1 || need="$need dosfstools"
+command -v mkfs.xfs >/dev/null 2>&1 || need="$need xfsprogs"
+command -v mkfs.btrfs >/dev/null 2>&1 || need="$need btrfs-progs"
 if [ -n "$need" ]; then
   echo "setup: installing Debian packages:$need"
   SUDO=""

@@ -6,7 +6,7 @@
 import { Command } from 'commander';
 import { ImageError } from '../block/errors';
 import { writeNewImage } from '../convert/convert';
-import { RangeView } from '../convert/range-view';
+import { WindowDevice } from '../block/window';
 import { findFormat, openImage } from '../formats/index';
 import { parseSize } from '../formats/options';
 import { action } from './command';
@@ -62,7 +62,7 @@ export function register(program: Command): void {
               start = end;
             } else start = ops.skip * ops.bs;
           }
-          await writeNewImage(new RangeView(input, start, end - start), ops.of!, outFormat, { options: {} });
+          await writeNewImage(new WindowDevice(input, start, end - start, { readOnly: true }), ops.of!, outFormat, { options: {} });
         } finally {
           await input.close();
         }

@@ -1,10 +1,11 @@
 /**
  * img demo: the main job in a few readable steps, in a temporary directory — make a raw disk
  * with real content (files from /usr, random bytes, written zeroes, holes), convert it to
- * qcow2 and to zstd-compressed qcow2, then info, check, map and compare; qemu-img checks the
- * results too when it is installed.
+ * qcow2 and to zstd-compressed qcow2, then info, check, map and compare; take an internal
+ * snapshot and an overlay; serve the image over NBD and read it back through the socket;
+ * qemu-img checks the results too when it is installed.
  */
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -77,6 +78,23 @@ function step(dir: string, cmd: string, args: string[], note = ''): string {
   return r.stdout;
 }
 
+/** Serves disk.qcow2 on a unix socket for the duration of `body`, then stops the server with SIGTERM. */
+async function serving(dir: string, body: (uri: string) => void): Promise<void> {
+  const socket = path.join(dir, 'nbd.sock');
+  process.stdout.write(`$ img serve -r -t -k nbd.sock disk.qcow2 &\n`);
+  const server = spawn(process.execPath, [IMG, 'serve', '-r', '-t', '-k', socket, 'disk.qcow2'], { cwd: dir, stdio: 'inherit' });
+  const exited = new Promise<number | null>((resolve) => server.on('exit', (code) => resolve(code)));
+  try {
+    for (let i = 0; i < 200 && !fs.existsSync(socket); i++) await new Promise((r) => setTimeout(r, 25));
+    if (!fs.existsSync(socket)) throw new ImageError('IO', 'demo: img serve did not start');
+    body(`nbd+unix:///?socket=${socket}`);
+  } finally {
+    server.kill('SIGTERM');
+    const code = await exited;
+    process.stdout.write(`    -> img serve drained and exited (${code})\n`);
+  }
+}
+
 const onDisk = (dir: string, name: string): string => sizeToStr(fs.statSync(path.join(dir, name)).blocks * 512);
 
 export function register(program: Command): void {
@@ -103,6 +121,19 @@ export function register(program: Command): void {
           step(dir, 'img', ['check', 'disk-zstd.qcow2']);
           step(dir, 'img', ['map', 'disk.qcow2']);
           step(dir, 'img', ['compare', 'disk.raw', 'disk-zstd.qcow2']);
+
+          process.stdout.write('\nSnapshots and backing chains:\n');
+          step(dir, 'img', ['snapshot', '-c', 'fresh', 'disk.qcow2']);
+          step(dir, 'img', ['snapshot', '-l', 'disk.qcow2']);
+          step(dir, 'img', ['create', '-f', 'qcow2', '-b', 'disk.qcow2', '-F', 'qcow2', 'work.qcow2']);
+          step(dir, 'img', ['info', '--backing-chain', 'work.qcow2']);
+
+          process.stdout.write('\nServing over NBD (any NBD client can read or write it):\n');
+          await serving(dir, (uri) => {
+            step(dir, 'img', ['info', uri]);
+            step(dir, 'img', ['compare', 'disk.raw', uri]);
+            if (spawnSync('nbdinfo', ['--version']).status === 0) step(dir, 'nbdinfo', ['--map', uri]);
+          });
           if (hasQemuImg()) {
             process.stdout.write('\nThe reference agrees:\n');
             step(dir, 'qemu-img', ['check', 'disk-zstd.qcow2']);
