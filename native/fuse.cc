@@ -129,7 +129,9 @@ void ReplyInit(Session& s, const fuse_in_header* in, const fuse_init_in* init) {
     SendReply(s.fd, in->unique, init->major < FUSE_KERNEL_VERSION ? EPROTO : 0, &out, 8);
     return;
   }
-  uint32_t want = FUSE_ASYNC_READ | FUSE_BIG_WRITES | FUSE_MAX_PAGES | FUSE_PARALLEL_DIROPS;
+  // ASYNC_DIO: a direct I/O larger than one request goes out as parallel requests.
+  // ATOMIC_O_TRUNC: O_TRUNC comes with OPEN, where it is ignored as a block device ignores it.
+  uint32_t want = FUSE_ASYNC_READ | FUSE_BIG_WRITES | FUSE_MAX_PAGES | FUSE_PARALLEL_DIROPS | FUSE_ASYNC_DIO | FUSE_ATOMIC_O_TRUNC;
   out.flags = init->flags & want;
   out.max_readahead = std::min<uint32_t>(init->max_readahead, kMaxIo);
   out.max_background = 16;
@@ -333,6 +335,17 @@ void Handle(Slot& slot, size_t n) {
       SendReply(s.fd, unique, err, nullptr, 0);
       return;
     }
+    case FUSE_CREATE:
+    case FUSE_MKNOD:
+    case FUSE_MKDIR:
+    case FUSE_SYMLINK:
+    case FUSE_LINK:
+    case FUSE_UNLINK:
+    case FUSE_RMDIR:
+    case FUSE_RENAME:
+    case FUSE_RENAME2:
+      SendReply(s.fd, in->unique, EPERM, nullptr, 0);  // the set of files is fixed
+      return;
     default:
       SendReply(s.fd, in->unique, ENOSYS, nullptr, 0);
       return;
@@ -476,7 +489,8 @@ class FuseSession : public Napi::ObjectWrap<FuseSession> {
     Session* s = s_.get();
     // Finalized on the JS thread once every worker has released it: the connection is gone.
     s_->tsfn = Napi::ThreadSafeFunction::New(env, info[4].As<Napi::Function>(), "img-fuse", 0, s_->slots.size(), s,
-                                             [endRef](Napi::Env, Session* ss) {
+                                             // Holds the session until the workers are gone, whatever JS keeps.
+                                             [endRef, keep = s_](Napi::Env, Session* ss) {
                                                for (auto& t : ss->threads) t.join();
                                                close(ss->fd);
                                                for (auto& b : ss->buffers) b.Reset();
