@@ -9,7 +9,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { BlockDevice } from '../block/device';
-import { ImageError } from '../block/errors';
+import { fromSystemError, ImageError } from '../block/errors';
 import { Image } from '../block/image';
 import { openImage } from '../formats/index';
 import { undoMount } from './cleanup';
@@ -34,16 +34,18 @@ const LOOP_CONTROL = '/dev/loop-control';
 
 /** The mount point: an existing empty directory, resolved. */
 function checkMountPoint(dir: string): string {
-  let real: string;
   try {
-    real = fs.realpathSync(dir);
+    const real = fs.realpathSync(dir);
+    if (!fs.statSync(real).isDirectory()) throw new ImageError('INVALID_ARGUMENT', `mount point ${dir} is not a directory`);
+    if (fs.readdirSync(real).length > 0) throw new ImageError('INVALID_ARGUMENT', `mount point ${dir} is not empty`);
+    return real;
   } catch (err) {
+    if (err instanceof ImageError) throw err;
+    // A FUSE mount whose server died answers ENOTCONN to everything.
     if ((err as NodeJS.ErrnoException).code === 'ENOTCONN') throw new ImageError('IO', `mount point ${dir} is a dead FUSE mount: run img unmount ${dir}`);
-    throw new ImageError('NOT_FOUND', `mount point ${dir} does not exist`);
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') throw new ImageError('NOT_FOUND', `mount point ${dir} does not exist`);
+    throw fromSystemError(err, dir);
   }
-  if (!fs.statSync(real).isDirectory()) throw new ImageError('INVALID_ARGUMENT', `mount point ${dir} is not a directory`);
-  if (fs.readdirSync(real).length > 0) throw new ImageError('INVALID_ARGUMENT', `mount point ${dir} is not empty`);
-  return real;
 }
 
 function checkHost(wantFs: boolean): void {

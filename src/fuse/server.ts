@@ -3,6 +3,7 @@
  * is spoken by native/fuse.cc; here each data request is carried out on its device and
  * answered. Requests arrive concurrently (one per native worker) and are served concurrently.
  */
+import { constants } from 'node:os';
 import { BlockDevice } from '../block/device';
 import { ImageError } from '../block/errors';
 import { FuseOp, nativeFuse, NativeFuseSession } from './binding';
@@ -24,13 +25,15 @@ export interface FuseServerOptions {
 
 const DEFAULT_WORKERS = 8;
 
+const { EROFS, ENOSPC, EINVAL, EIO } = constants.errno;
+
 /** The errno a failed device operation is reported with. */
 function errnoOf(err: unknown): number {
   const code = (err as { code?: string }).code;
-  if (code === 'READ_ONLY') return 30; // EROFS
-  if (code === 'NO_SPACE') return 28; // ENOSPC
-  if (code === 'OUT_OF_RANGE') return 22; // EINVAL
-  return 5; // EIO
+  if (code === 'READ_ONLY') return EROFS;
+  if (code === 'NO_SPACE') return ENOSPC;
+  if (code === 'OUT_OF_RANGE') return EINVAL;
+  return EIO;
 }
 
 export class FuseServer {

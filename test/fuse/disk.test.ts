@@ -8,7 +8,7 @@ import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { prng, qemuCheck, qemuImg, randomBytes, sha256File, tempDir } from '../helpers';
+import { prng, qemuCheck, qemuImg, randomBytes, run, sha256File, tempDir } from '../helpers';
 import { bytesOf, GuestDisk, haveFuse, makeGuestDisk, mount, mountsUnder, unmount } from './guest-disk';
 
 const skip = haveFuse ? false : 'no /dev/fuse';
@@ -116,6 +116,16 @@ describe('img mount: the disk and its partitions', { skip }, () => {
       assert.throws(() => fs.writeSync(efd, Buffer.alloc(10), 0, 10, 4 * 1048576), { code: 'ENOSPC' });
       fs.closeSync(efd);
       assert.throws(() => fs.truncateSync(path.join(mnt, 'disk'), 1000), { code: 'EINVAL' });
+      // Punching a hole and zeroing a range (what a loop device does for discard) read back as zeroes.
+      for (const [mode, offset, length] of [
+        ['-p', 2 * 1048576 + 4096, 300_000],
+        ['-z', 9 * 1048576, 2 * 1048576 + 512],
+      ] as const) {
+        const r = run('fallocate', [mode, '-o', String(offset), '-l', String(length), path.join(mnt, 'disk')]);
+        assert.equal(r.status, 0, r.stderr);
+        expected.fill(0, offset, offset + length);
+      }
+      assert.ok(bytesOf(path.join(mnt, 'disk'), 2 * 1048576, 4 * 1048576).equals(expected.subarray(2 * 1048576, 6 * 1048576)));
     } finally {
       unmount(mnt);
     }

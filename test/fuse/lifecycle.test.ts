@@ -6,12 +6,14 @@
 import * as assert from 'node:assert/strict';
 import { ChildProcess, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
+import * as os from 'node:os';
 import * as path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { IMG, prng, qemuCheck, qemuImg, randomBytes, run, tempDir } from '../helpers';
 import { haveFuse, img, isRoot, loopsUnder, makeGuestDisk, mount, mountsUnder, servingPid, unmount } from './guest-disk';
 
 const skip = haveFuse ? false : 'no /dev/fuse';
+const NOBODY = 65534;
 
 /** img mount in the foreground; resolves once it printed the mounted paths. */
 function foreground(...args: string[]): Promise<{ child: ChildProcess; exited: Promise<number | null> }> {
@@ -116,6 +118,33 @@ describe('img mount lifecycle', { skip }, () => {
       assert.equal(img('unmount', mnt).status, 1);
     });
   }
+
+  it('as a non-root user, through fusermount3', { skip: !isRoot && 'needs root to become another user' }, () => {
+    // A directory the user (nobody) owns, outside the root-only temp directory.
+    const home = fs.mkdtempSync(path.join(os.tmpdir(), 'img-fuse-user-'));
+    try {
+      const image = path.join(home, 'user.qcow2');
+      qemuImg('convert', '-f', 'raw', '-O', 'qcow2', raw, image);
+      fs.copyFileSync(raw, path.join(home, 'disk.raw'));
+      for (const name of ['run', 'mnt']) fs.mkdirSync(path.join(home, name));
+      for (const name of ['.', 'run', 'mnt', 'user.qcow2', 'disk.raw']) fs.chownSync(path.join(home, name), NOBODY, NOBODY);
+      const asUser = (...args: string[]) =>
+        run('setpriv', [`--reuid=${NOBODY}`, `--regid=${NOBODY}`, '--clear-groups', 'env', `XDG_RUNTIME_DIR=${home}/run`, ...args]);
+      const user = path.join(home, 'mnt');
+      const m = asUser(process.execPath, IMG, 'mount', '--daemon', image, user);
+      assert.equal(m.status, 0, m.stderr);
+      assert.equal(mountsUnder(user).length, 1);
+      const same = asUser('cmp', path.join(user, 'disk'), path.join(home, 'disk.raw'));
+      assert.equal(same.status, 0, same.stdout + same.stderr);
+      const u = asUser(process.execPath, IMG, 'unmount', user);
+      assert.equal(u.status, 0, u.stderr);
+      assert.deepEqual(mountsUnder(user), []);
+      assert.deepEqual(fs.readdirSync(path.join(home, 'run', 'img')), []);
+    } finally {
+      if (mountsUnder(home).length) run('umount', ['-l', path.join(home, 'mnt')]);
+      fs.rmSync(home, { recursive: true, force: true });
+    }
+  });
 
   describe('bad input: one clear line, nothing mounted', () => {
     const oneLine = (r: { status: number; stderr: string }, pattern: RegExp) => {
