@@ -46,6 +46,7 @@ function daemonize(): Promise<number> {
     readyPipe.once('end', () => {
       if (!ready) return; // failed: the exit handler reports
       child.removeListener('exit', onExit);
+      process.stderr.write(errors); // warnings
       process.stdout.write(ready);
       child.stderr!.destroy();
       child.unref();
@@ -76,6 +77,7 @@ export function register(program: Command): void {
           process.removeAllListeners(signal);
           process.on(signal, () => mounted.unmount().catch((err) => reportError(err, !!opts.debug)));
         }
+        for (const w of mounted.warnings) process.stderr.write(`img: warning: ${w}\n`);
         const text = mounted.paths.join('\n') + '\n';
         if (daemon) {
           // Nobody reads our output after this: errors go nowhere rather than killing the server.

@@ -68,6 +68,8 @@ export class MountedImage {
     image: Image,
     views: BlockDevice[],
     paths: string[],
+    /** What the user should know (a partition table that could not be read). */
+    readonly warnings: string[],
   ) {
     this.paths = paths;
     this.finished = server.ended.then(async () => {
@@ -92,6 +94,7 @@ export async function mountImage(opts: MountOptions): Promise<MountedImage> {
   const readOnly = !!opts.readOnly;
   const image = await openImage(opts.image, { format: opts.format, readOnly });
   const views: BlockDevice[] = [];
+  const warnings: string[] = [];
   let server: FuseServer | undefined;
   const state: MountState = { dir, pid: process.pid, image: path.resolve(opts.image), fuseDir: dir };
   try {
@@ -104,14 +107,19 @@ export async function mountImage(opts: MountOptions): Promise<MountedImage> {
       state.fuseDir = fs.mkdtempSync(path.join(stateDir(), 'fs-'));
     } else {
       if (opts.partition !== undefined) throw new ImageError('INVALID_ARGUMENT', '-P needs --fs (the partitions are DIR/p1, DIR/p2, …)');
-      const parts = await partitionFiles(image);
+      // A broken partition table still leaves the disk worth exporting.
+      const parts = await partitionFiles(image).catch((err) => {
+        if (!(err instanceof ImageError)) throw err;
+        warnings.push(`${err.message}: exporting disk only`);
+        return [];
+      });
       views.push(...parts.map((p) => p.device));
       files = [{ name: 'disk', device: image }, ...parts];
     }
     writeState(state);
     // A disk and its partitions overlap: no page cache, so every view sees every write.
     server = new FuseServer(state.fuseDir, files, { directIo: true });
-    const mounted = new MountedImage(state, server, image, views, opts.fs ? [dir] : files.map((f) => path.join(dir, f.name)));
+    const mounted = new MountedImage(state, server, image, views, opts.fs ? [dir] : files.map((f) => path.join(dir, f.name)), warnings);
     if (opts.fs) await attachFilesystem(state, readOnly).catch(async (err) => {
       await mounted.unmount().catch(() => undefined);
       throw err;

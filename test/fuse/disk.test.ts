@@ -9,7 +9,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { prng, qemuCheck, qemuImg, randomBytes, run, sha256File, tempDir } from '../helpers';
-import { bytesOf, GuestDisk, haveFuse, makeGuestDisk, mount, mountsUnder, unmount } from './guest-disk';
+import { bytesOf, GuestDisk, haveFuse, img, isRoot, makeGuestDisk, mount, mountsUnder, unmount } from './guest-disk';
 
 const skip = haveFuse ? false : 'no /dev/fuse';
 
@@ -148,6 +148,31 @@ describe('img mount: the disk and its partitions', { skip }, () => {
       unmount(mnt);
     }
     assert.equal(sha256File(image), before);
+  });
+
+  it('a broken partition table: disk alone, with a warning; --fs says what is wrong', () => {
+    const broken = path.join(dir, 'broken.raw');
+    fs.copyFileSync(dos.raw, broken);
+    const ebr = dos.partitions.find((p) => p.number === 5)!.start - 2048 * 512; // the first EBR opens the extended partition
+    const fd = fs.openSync(broken, 'r+');
+    fs.writeSync(fd, Buffer.from([0, 0]), 0, 2, ebr + 510);
+    fs.closeSync(fd);
+    const image = path.join(dir, 'broken.qcow2');
+    qemuImg('convert', '-f', 'raw', '-O', 'qcow2', broken, image);
+    const r = img('mount', '--daemon', image, mnt);
+    assert.equal(r.status, 0, r.stderr);
+    try {
+      assert.match(r.stderr, /^img: warning: EBR at sector \d+ has no 0x55aa signature: exporting disk only\n$/);
+      assert.deepEqual(fs.readdirSync(mnt), ['disk']);
+      assert.equal(sha256File(path.join(mnt, 'disk')), sha256File(broken));
+    } finally {
+      unmount(mnt);
+    }
+    if (!isRoot) return;
+    const f = img('mount', '--daemon', '--fs', image, mnt);
+    assert.equal(f.status, 1);
+    assert.match(f.stderr, /^img: EBR at sector \d+ has no 0x55aa signature\n$/);
+    assert.deepEqual(mountsUnder(mnt), []);
   });
 
   it('a disk without a partition table exports only disk', () => {
