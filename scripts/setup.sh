@@ -38,4 +38,10 @@ if [ ! -f node_modules/.package-lock.json ] || [ package.json -nt node_modules/.
   if [ -f package-lock.json ]; then npm ci --no-audit --no-fund --loglevel=error; else npm install --no-audit --no-fund --loglevel=error; fi
 fi
 
+# A checkout whose native sources changed since the addon was built: rebuild it.
+if [ -n "$(find native binding.gyp -newer build/Release/img_native.node 2>/dev/null | head -1)" ]; then
+  echo "setup: rebuilding the native addon"
+  npm run --silent native >/dev/null
+fi
+
 npx --no-install tsc -p .
