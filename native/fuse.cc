@@ -202,7 +202,8 @@ void Handle(Slot& slot, size_t n) {
       const char* name = static_cast<const char*>(arg);
       size_t max = n - sizeof *in;
       for (size_t i = 0; in->nodeid == kRootId && i < s.files.size(); i++) {
-        if (strnlen(name, max) == s.files[i].name.size() && s.files[i].name == name) {
+        const std::string& want = s.files[i].name;
+        if (strnlen(name, max) == want.size() && memcmp(name, want.data(), want.size()) == 0) {
           fuse_entry_out e{};
           e.nodeid = i + 2;
           e.entry_valid = 1;

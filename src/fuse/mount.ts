@@ -81,9 +81,18 @@ export class MountedImage {
     });
   }
 
-  /** Undoes the mount (filesystem, loop device, FUSE) and waits until the image is closed. */
+  /**
+   * Undoes the mount (filesystem, loop device, FUSE) and waits until the image is closed.
+   * A failure (DIR busy) leaves the mount serving; calling again retries.
+   */
   unmount(): Promise<void> {
-    this.unmounting ??= undoMount(this.state, false).then(() => this.finished);
+    this.unmounting ??= undoMount(this.state, false).then(
+      () => this.finished,
+      (err) => {
+        this.unmounting = undefined;
+        throw err;
+      },
+    );
     return this.unmounting;
   }
 }

@@ -83,6 +83,20 @@ describe('img mount lifecycle', { skip }, () => {
     assert.equal(qemuCheck(image).status, 0);
   });
 
+  it('a busy DIR: SIGTERM reports it and keeps serving; once free, SIGTERM again unmounts', async () => {
+    const image = fresh('busy.qcow2');
+    const { child, exited } = await foreground(image, mnt);
+    const fd = fs.openSync(path.join(mnt, 'disk'), 'r');
+    const complaint = new Promise<string>((resolve) => child.stderr!.once('data', (d: Buffer) => resolve(d.toString())));
+    child.kill('SIGTERM');
+    assert.match(await complaint, /^img: cannot unmount .*mnt: target is busy\.?\n$/);
+    assert.equal(fs.readSync(fd, Buffer.alloc(512), 0, 512, 0), 512);
+    fs.closeSync(fd);
+    child.kill('SIGTERM');
+    assert.equal(await exited, 0);
+    assert.deepEqual(mountsUnder(mnt), []);
+  });
+
   it('unmounting DIR by hand ends img mount', async () => {
     const image = fresh('umount.qcow2');
     const { exited } = await foreground(image, mnt);
