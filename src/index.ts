@@ -187,3 +187,12 @@ export function rebase(req: RebaseRequest): Promise<void> {
 export function commit(req: CommitRequest): Promise<void> {
   return commitImage(req);
 }
+
+export type { BootOptions, BootResult } from './runner/boot';
+/**
+ * Boots an image in a VM to test it: `boot('disk.qcow2', { command: ['sh', 'test.sh'] })` runs
+ * the command in the image's filesystem and resolves with `{ exitCode, output }` (exitCode 124
+ * on timeout, 125 when the guest ended without a status); `{ root: true }` boots the image's
+ * own root filesystem. Uses the bundled KVM runner on hardware KVM, qemu-system-x86_64 elsewhere.
+ */
+export { boot } from './runner/boot';

@@ -32,15 +32,22 @@ constexpr unsigned long kSetCpuid2 = _IOW(KVMIO, 0x90, CpuidHeader);
 
 std::string sysErr(const char* what) { return std::string(what) + ": " + strerror(errno); }
 
+// "" when fd speaks KVM API 12, else a sentence saying what it does instead.
+std::string apiVersionProblem(int fd) {
+  int v = ioctl(fd, KVM_GET_API_VERSION, 0);
+  if (v < 0) return sysErr("/dev/kvm is not a working KVM device: KVM_GET_API_VERSION");
+  if (v != KVM_API_VERSION) return "/dev/kvm speaks KVM API " + std::to_string(v) + ", not 12";
+  return "";
+}
+
 }  // namespace
 
 std::string kvmUsable() {
   int fd = ::open("/dev/kvm", O_RDWR | O_CLOEXEC);
   if (fd < 0) return sysErr("cannot open /dev/kvm");
-  int v = ioctl(fd, KVM_GET_API_VERSION, 0);
+  std::string why = apiVersionProblem(fd);
   ::close(fd);
-  if (v != KVM_API_VERSION) return "/dev/kvm has API version " + std::to_string(v) + ", not 12";
-  return "";
+  return why;
 }
 
 Kvm::~Kvm() {
@@ -54,7 +61,7 @@ Kvm::~Kvm() {
 bool Kvm::open(std::string& err) {
   kvmFd_ = ::open("/dev/kvm", O_RDWR | O_CLOEXEC);
   if (kvmFd_ < 0) return err = sysErr("cannot open /dev/kvm"), false;
-  if (ioctl(kvmFd_, KVM_GET_API_VERSION, 0) != KVM_API_VERSION) return err = "/dev/kvm: unexpected API version", false;
+  if (!(err = apiVersionProblem(kvmFd_)).empty()) return false;
   if (ioctl(kvmFd_, KVM_CHECK_EXTENSION, KVM_CAP_IMMEDIATE_EXIT) <= 0) return err = "/dev/kvm lacks KVM_CAP_IMMEDIATE_EXIT", false;
   return true;
 }

@@ -117,8 +117,11 @@ void VirtioBlk::writeRegister(uint16_t off, int size, uint32_t v) {
     generation_++;
   } else if (off == kVpQueueSel && size == 2) queueSel_ = v;
   else if (off == kVpStatus && size == 1) {
+    bool ready = !(status_ & kStatusDriverOk) && (v & kStatusDriverOk);
     status_ = v;
     if (status_ == 0) resetLocked();
+    uint64_t one = 1;  // a kick that came before DRIVER_OK was dropped: look at the queue again
+    if (ready && write(notifyFd_, &one, 8) < 0) {}
   }
 }
 

@@ -3,7 +3,8 @@
  * with real content (files from /usr, random bytes, written zeroes, holes), convert it to
  * qcow2 and to zstd-compressed qcow2, then info, check, map and compare; take an internal
  * snapshot and an overlay; serve the image over NBD and read it back through the socket;
- * qemu-img checks the results too when it is installed.
+ * qemu-img checks the results too when it is installed; last, boot a qcow2 holding an ext4
+ * filesystem and read a file inside the guest.
  */
 import { spawn, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -95,6 +96,26 @@ async function serving(dir: string, body: (uri: string) => void): Promise<void> 
   }
 }
 
+/**
+ * The last step: an ext4 filesystem holding a file (mke2fs -d), converted to qcow2 by img, booted
+ * by img, the file read inside the guest.
+ */
+function bootStep(dir: string): void {
+  const tree = path.join(dir, 'guest-files');
+  fs.mkdirSync(tree);
+  fs.writeFileSync(path.join(tree, 'hello.txt'), 'Hello from inside the guest: this file was read by a VM booted from guest.qcow2.\n');
+  const raw = path.join(dir, 'guest.raw');
+  fs.writeFileSync(raw, '');
+  fs.truncateSync(raw, 64 * MiB);
+  if (spawnSync('mke2fs', ['-q', '-F', '-t', 'ext4', '-d', tree, raw]).status !== 0) {
+    process.stdout.write('\n(mke2fs is not installed: skipping the boot)\n');
+    return;
+  }
+  process.stdout.write('\nBoot it: an ext4 filesystem made with mke2fs -d, as qcow2, booted to read a file inside it:\n');
+  step(dir, 'img', ['convert', '-O', 'qcow2', 'guest.raw', 'guest.qcow2']);
+  step(dir, 'img', ['boot', 'guest.qcow2', '--', 'cat', 'hello.txt']);
+}
+
 const onDisk = (dir: string, name: string): string => sizeToStr(fs.statSync(path.join(dir, name)).blocks * 512);
 
 export function register(program: Command): void {
@@ -140,6 +161,7 @@ export function register(program: Command): void {
             step(dir, 'qemu-img', ['compare', 'disk.raw', 'disk.qcow2']);
             step(dir, 'qemu-img', ['compare', 'disk.raw', 'disk-zstd.qcow2']);
           } else process.stdout.write('\n(qemu-img is not installed: skipping the cross-check with it)\n');
+          bootStep(dir);
           process.stdout.write('\nDone.\n');
         } finally {
           if (opts.keep) process.stdout.write(`Kept ${dir}\n`);

@@ -10,6 +10,7 @@ import * as compare from './compare';
 import * as convert from './convert';
 import * as create from './create';
 import * as dd from './dd';
+import * as boot from './boot';
 import * as demo from './demo';
 import * as info from './info';
 import * as map from './map';
@@ -30,7 +31,7 @@ export function buildProgram(): Command {
     .version(version, '-V, --version')
     .option('--debug', 'show stack traces of failures')
     .showHelpAfterError('(run img <command> --help for usage)');
-  for (const sub of [create, info, check, convert, compare, map, resize, measure, amend, snapshot, rebase, commit, dd, demo, serve, mount, unmount]) sub.register(program);
+  for (const sub of [create, info, check, convert, compare, map, resize, measure, amend, snapshot, rebase, commit, dd, demo, serve, boot, mount, unmount]) sub.register(program);
   return program;
 }
 

@@ -32,7 +32,7 @@ export interface VmConfig {
   maskXsave?: boolean;
 }
 
-/** `code` is 0 for 'shutdown' (the guest rebooted with reboot=t), non-zero otherwise. */
+/** `code` is 0 for 'shutdown' (the guest rebooted with reboot=t); 1 for 'error', 2 for 'stopped', 3 for 'timeout'. */
 export interface VmExit {
   reason: 'shutdown' | 'timeout' | 'stopped' | 'error';
   code: number;

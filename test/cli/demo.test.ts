@@ -11,6 +11,7 @@ test('img demo runs end to end', () => {
   assert.equal(r.status, 0, r.stdout + r.stderr);
   assert.match(r.stdout, /Images are identical\./);
   assert.match(r.stdout, /img serve drained and exited \(0\)/);
+  assert.match(r.stdout, /Hello from inside the guest/);
   assert.match(r.stdout, /\nDone\.\n/);
   const left = fs.readdirSync(os.tmpdir()).filter((n) => n.startsWith('img-demo-') && !before.has(n));
   assert.deepEqual(left, []);

@@ -4,12 +4,13 @@
  * and raw, unix socket and TCP), hostile guests, stop/timeout, errors, and no leaks.
  */
 import * as assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { describe, it } from 'node:test';
 import { ImageError } from '../../src/block/errors';
 import { DiskConfig, kvmStatus, startVm, Vm, VmConfig, VmExit } from '../../src/runner/vm';
-import { prng, qemuImg, randomBytes, tempDir } from '../helpers';
+import { prng, qemuImg, randomBytes, ROOT, tempDir } from '../helpers';
 import { imgServe } from '../nbd/servers';
 import { setupHeader, tinyGuest } from './guest';
 
@@ -165,6 +166,22 @@ describe('runner: tiny guest', { skip }, () => {
     assert.match(r.exit.message ?? '', /nobody\.sock: cannot connect/);
   });
 
+  it('ends with an error when the NBD server goes away mid-run', async () => {
+    const image = path.join(dir, 'gone.raw');
+    fs.writeFileSync(image, Buffer.alloc(64 << 20));
+    const socket = path.join(dir, 'gone.sock');
+    const served = await imgServe(['-f', 'raw', '-k', socket, image]);
+    const vm = startVm({ kernel: tinyGuest(), cmdline: 'test=bench mode=read mib=100000', memoryMiB: 64, timeoutMs: 60_000, disks: [{ kind: 'nbd', socket }] });
+    let out = '';
+    vm.console.on('data', (d: Buffer) => {
+      out += d.toString();
+      if (out.includes('bench start')) void served.stop('SIGKILL');
+    });
+    const exit = await vm.exited;
+    assert.equal(exit.reason, 'error', out);
+    assert.match(exit.message ?? '', /NBD server closed the connection/);
+  });
+
   const hostile: [string, RegExp][] = [
     ['baddesc', /descriptor points outside guest RAM/],
     ['loopchain', /descriptor chain loops/],
@@ -290,4 +307,32 @@ describe('runner: configuration errors', { skip }, () => {
     const exit = await vm.stop();
     assert.equal(exit.reason, 'stopped', exit.message); // still decompressing: no loader or KVM error
   });
+});
+
+describe('runner: without a working /dev/kvm', () => {
+  // A private mount namespace hides /dev/kvm (or puts /dev/null in its place) for one child.
+  const canUnshare = process.getuid?.() === 0 && spawnSync('unshare', ['-m', 'true']).status === 0;
+  const probe = `
+    const { kvmStatus, startVm } = require(${JSON.stringify(path.join(ROOT, 'dist', 'src', 'runner', 'vm.js'))});
+    let error;
+    try { startVm({ kernel: process.argv[1] }); } catch (e) { error = { code: e.code, message: e.message }; }
+    console.log(JSON.stringify({ status: kvmStatus(), error }));`;
+  const cases: [string, string, RegExp][] = [
+    ['missing', 'mount -t tmpfs none /dev', /^cannot open \/dev\/kvm: No such file or directory$/],
+    ['not KVM', 'mount --bind /dev/null /dev/kvm', /^\/dev\/kvm is not a working KVM device: KVM_GET_API_VERSION: /],
+  ];
+  for (const [what, setup, why] of cases) {
+    it(`kvmStatus and startVm say so in one sentence when /dev/kvm is ${what}`, { skip: !canUnshare && 'needs root and unshare' }, () => {
+      const kernel = path.join(tempDir('img-nokvm-'), 'bzImage');
+      fs.copyFileSync(tinyGuest(), kernel);
+      const r = spawnSync('unshare', ['-m', 'sh', '-c', `${setup} && exec "$0" -e "$1" "$2"`, process.execPath, probe, kernel], { encoding: 'utf8' });
+      assert.equal(r.status, 0, r.stderr);
+      const { status, error } = JSON.parse(r.stdout);
+      assert.equal(status.usable, false);
+      assert.equal(status.hardware, false);
+      assert.match(status.why, why);
+      assert.equal(error.code, 'UNSUPPORTED');
+      assert.match(error.message, why);
+    });
+  }
 });
