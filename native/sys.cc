@@ -9,6 +9,8 @@
 #include <linux/falloc.h>
 #include "runner/napi_vm.h"
 
+Napi::Object InitFuse(Napi::Env env, Napi::Object exports);  // fuse.cc
+
 namespace {
 
 Napi::Value ThrowErrno(Napi::Env env, const char* what, int err) {
@@ -62,7 +64,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("FALLOC_FL_PUNCH_HOLE", Napi::Number::New(env, FALLOC_FL_PUNCH_HOLE));
   exports.Set("FALLOC_FL_ZERO_RANGE", Napi::Number::New(env, FALLOC_FL_ZERO_RANGE));
   runner::registerRunner(env, exports);
-  return exports;
+  return InitFuse(env, exports);
 }
 
 }  // namespace

@@ -25,6 +25,7 @@ command -v mkfs.vfat >/dev/null 2>&1 || need="$need dosfstools"
 command -v mkfs.xfs >/dev/null 2>&1 || need="$need xfsprogs"
 command -v mkfs.btrfs >/dev/null 2>&1 || need="$need btrfs-progs"
 command -v debootstrap >/dev/null 2>&1 || need="$need debootstrap" # img boot --root tests: a Debian root filesystem
+command -v fusermount3 >/dev/null 2>&1 || need="$need fuse3" # img mount as non-root
 if [ -n "$need" ]; then
   echo "setup: installing Debian packages:$need"
   SUDO=""

@@ -15,10 +15,12 @@ import * as demo from './demo';
 import * as info from './info';
 import * as map from './map';
 import * as measure from './measure';
+import * as mount from './mount';
 import * as rebase from './rebase';
 import * as resize from './resize';
 import * as snapshot from './snapshot';
 import * as serve from './serve';
+import * as unmount from './unmount';
 
 // eslint-disable-next-line @typescript-eslint/no-require-imports
 const { version } = require('../../../package.json') as { version: string };
@@ -29,7 +31,7 @@ export function buildProgram(): Command {
     .version(version, '-V, --version')
     .option('--debug', 'show stack traces of failures')
     .showHelpAfterError('(run img <command> --help for usage)');
-  for (const sub of [create, info, check, convert, compare, map, resize, measure, amend, snapshot, rebase, commit, dd, demo, serve, boot]) sub.register(program);
+  for (const sub of [create, info, check, convert, compare, map, resize, measure, amend, snapshot, rebase, commit, dd, demo, serve, boot, mount, unmount]) sub.register(program);
   return program;
 }
 
