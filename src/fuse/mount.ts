@@ -109,7 +109,7 @@ export async function mountImage(opts: MountOptions): Promise<MountedImage> {
   try {
     let files: ExportedFile[];
     if (opts.fs) {
-      const { device } = await filesystemDevice(image, opts.partition);
+      const device = await filesystemDevice(image, opts.partition);
       if (device !== image) views.push(device);
       files = [{ name: 'disk', device }];
       fs.mkdirSync(stateDir(), { recursive: true, mode: 0o700 });

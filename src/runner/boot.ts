@@ -26,7 +26,7 @@ import { ConsoleResult } from './console-result';
 import { chooseEngine, EngineName, Machine, MachineDisk, MachineExit, MachineSpec } from './engine';
 import { startNative } from './engine-native';
 import { startQemu } from './engine-qemu';
-import { findFilesystem } from './find-fs';
+import { findFilesystem } from '../guestfs/find-fs';
 import { findKernel } from './kernel';
 
 /** Exit statuses of a boot besides the command's own. */

@@ -94,6 +94,6 @@ describe('img mount --fs: the guest filesystem', { skip }, () => {
     assert.equal(fs.readdirSync('/run/img').filter((n) => n.startsWith('fs-') || n.startsWith('mount-')).length, 0);
     const bad = img('mount', '--daemon', '--fs', '-P', '9', image, mnt);
     assert.equal(bad.status, 1);
-    assert.match(bad.stderr, /^img: no partition 9 \(partitions: 1, 2, 3\)\n$/);
+    assert.match(bad.stderr, /^img: the image has no partition 9 \(partitions: 1, 2, 3\)\n$/);
   });
 });
