@@ -115,7 +115,12 @@ export class Qcow2Core implements TablesHost {
     await this.syncIfNeeded();
   }
 
+  /**
+   * Makes every write so far durable, the cached refcount blocks written first: whatever is
+   * written after a sync may point at any cluster allocated before it.
+   */
   async sync(): Promise<void> {
+    await this.refcounts.writeBack();
     this.unsynced = false;
     this.refcounts.unsynced = false;
     await this.file.flush();
@@ -123,7 +128,7 @@ export class Qcow2Core implements TablesHost {
   }
 
   async syncIfNeeded(): Promise<void> {
-    if (this.unsynced || this.refcounts.unsynced) await this.sync();
+    if (this.unsynced || this.refcounts.unsynced || this.refcounts.dirty) await this.sync();
   }
 
   /** With lazy_refcounts, the dirty bit goes on disk before the first change. */
@@ -145,8 +150,8 @@ export class Qcow2Core implements TablesHost {
   }
 
   /**
-   * Makes everything durable in the safe order: L2 tables (after refcounts and data), then
-   * the L1 entries naming them, then the deferred decrements, then the dirty bit cleared.
+   * Makes everything durable in the safe order: data and refcounts, L2 tables, then the L1
+   * entries naming them, then the deferred decrements, then the dirty bit cleared.
    */
   flush(): Promise<void> {
     if (this.readOnly) return Promise.resolve();

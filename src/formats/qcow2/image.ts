@@ -292,7 +292,12 @@ export class Qcow2Image implements Image {
         try {
           return { value: await fn(this.core) };
         } finally {
-          await this.reload();
+          // Refcount changes the operation left in the cache (it ends with releases) go first.
+          try {
+            await this.core.sync();
+          } finally {
+            await this.reload();
+          }
         }
       });
       if (done) return done.value;
