@@ -58,10 +58,24 @@ export class HostFile {
     }
   }
 
-  /** Fills `into` from `offset`; bytes past end-of-file read as zero. */
+  /**
+   * Fills `into` from `offset`; bytes past end-of-file read as zero. What the page cache holds
+   * is copied at once on this thread (a hand-off to the thread pool costs more than the copy);
+   * the rest is read asynchronously.
+   */
   async read(offset: number, into: Uint8Array): Promise<void> {
     let done = 0;
     try {
+      const sys = nativeSys();
+      while (done < into.byteLength) {
+        const n = sys.preadNoWait(this.fd, done === 0 ? into : into.subarray(done), offset + done);
+        if (n < 0) break;
+        if (n === 0) {
+          into.fill(0, done);
+          return;
+        }
+        done += n;
+      }
       while (done < into.byteLength) {
         const n = await pread(this.fd, into, done, into.byteLength - done, offset + done);
         if (n === 0) {
