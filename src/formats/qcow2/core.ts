@@ -24,6 +24,11 @@ import { Tables, TablesHost } from './tables';
 const HDR_INCOMPATIBLE = 72;
 const DECOMPRESSED_CACHE = 8;
 
+export interface CacheSizes {
+  l2?: number;
+  refcount?: number;
+}
+
 export type PieceKind = 'data' | 'zero' | 'backing' | 'compressed';
 
 /** A guest range with one way of reading it. */
@@ -73,11 +78,13 @@ export class Qcow2Core implements TablesHost {
     readonly header: Qcow2Header,
     readonly backing: Image | null,
     fileSize: number,
+    /** Cache sizes in bytes (defaults when absent). */
+    readonly caches: CacheSizes = {},
   ) {
     this.g = geometry(header);
     this.end = fileSize;
-    this.refcounts = new Refcounts(file, header, this.g, (b) => (this.end = Math.max(this.end, b)));
-    this.tables = new Tables(this);
+    this.refcounts = new Refcounts(file, header, this.g, (b) => (this.end = Math.max(this.end, b)), caches.refcount);
+    this.tables = new Tables(this, caches.l2);
   }
 
   get size(): number {

@@ -44,11 +44,12 @@ export class Refcounts {
     private readonly g: Geometry,
     /** End of the used part of the image file, raised by every allocation. */
     private readonly raiseEnd: (bytes: number) => void,
+    cacheBytes?: number,
   ) {
     this.max = g.refcountBits >= 53 ? Number.MAX_SAFE_INTEGER : 2 ** g.refcountBits - 1;
     this.cache = new TableCache({
       tableSize: g.clusterSize,
-      capacity: Math.max(4, Math.floor(REFCOUNT_CACHE_BYTES / g.clusterSize)),
+      capacity: cacheBytes !== undefined ? Math.floor(cacheBytes / g.clusterSize) : Math.max(4, Math.floor(REFCOUNT_CACHE_BYTES / g.clusterSize)),
       load: (off, into) => this.file.read(off, into),
       store: async (off, data) => {
         this.unsynced = true;
