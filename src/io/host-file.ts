@@ -5,6 +5,7 @@
 import * as fs from 'node:fs';
 import { ImageError, fromSystemError } from '../block/errors';
 import { nativeSys } from './native';
+import { WriteGather } from './write-gather';
 
 export interface HostExtent {
   offset: number;
@@ -24,24 +25,21 @@ function pread(fd: number, buf: Uint8Array, off: number, len: number, pos: numbe
   );
 }
 
-function pwrite(fd: number, buf: Uint8Array, off: number, len: number, pos: number): Promise<number> {
-  return new Promise((resolve, reject) =>
-    fs.write(fd, buf, off, len, pos, (err, n) => (err ? reject(err) : resolve(n))),
-  );
-}
-
 function call<T>(fn: (cb: (err: NodeJS.ErrnoException | null, v?: T) => void) => void): Promise<T> {
   return new Promise((resolve, reject) => fn((err, v) => (err ? reject(err) : resolve(v as T))));
 }
 
 export class HostFile {
   private closed = false;
+  private readonly gather: WriteGather;
 
   private constructor(
     readonly path: string,
     readonly fd: number,
     readonly readOnly: boolean,
-  ) {}
+  ) {
+    this.gather = new WriteGather(fd);
+  }
 
   static async open(path: string, opts: OpenFileOptions = {}): Promise<HostFile> {
     const flags = opts.create ? 'w+' : opts.readOnly ? 'r' : 'r+';
@@ -89,13 +87,12 @@ export class HostFile {
     }
   }
 
+  /** Writes `data` at `offset` (gathered with adjacent writes of the same loop iteration). */
   async write(offset: number, data: Uint8Array): Promise<void> {
     if (this.readOnly) throw new ImageError('READ_ONLY', 'file is open read-only', { file: this.path });
-    let done = 0;
+    if (data.byteLength === 0) return;
     try {
-      while (done < data.byteLength) {
-        done += await pwrite(this.fd, data, done, data.byteLength - done, offset + done);
-      }
+      await this.gather.write(offset, data);
     } catch (err) {
       throw fromSystemError(err, this.path);
     }
