@@ -101,6 +101,7 @@ export class HostFile {
   /** Makes every completed write durable (fdatasync). */
   async flush(): Promise<void> {
     if (this.readOnly) return;
+    this.gather.submitPending();
     try {
       await call<void>((cb) => fs.fdatasync(this.fd, cb));
     } catch (err) {
@@ -120,6 +121,7 @@ export class HostFile {
   }
 
   async truncate(length: number): Promise<void> {
+    this.gather.submitPending();
     try {
       await call<void>((cb) => fs.ftruncate(this.fd, length, cb));
     } catch (err) {
@@ -130,6 +132,7 @@ export class HostFile {
   /** Reserves host blocks for the range (posix_fallocate semantics), growing the file if needed. */
   async allocate(offset: number, length: number): Promise<void> {
     if (length <= 0) return;
+    this.gather.submitPending();
     const sys = nativeSys();
     try {
       sys.fallocate(this.fd, 0, offset, length);
@@ -142,6 +145,7 @@ export class HostFile {
   /** Makes the range read as zeroes, deallocating it where the file system can. Keeps the size. */
   async punchHole(offset: number, length: number): Promise<void> {
     if (length <= 0) return;
+    this.gather.submitPending();
     const sys = nativeSys();
     const end = Math.min(offset + length, await this.size());
     if (end <= offset) return;

@@ -3,8 +3,9 @@
  * issues each run of adjacent ones as a single pwritev: every write handed to the thread pool
  * costs a hand-off and wake-ups worth more than copying a few hundred KiB, and concurrent
  * requests often land next to each other (qcow2 allocates clusters in request order).
- * Writes are submitted in the loop's check phase; a caller sees its own write complete, as
- * with a plain pwrite, and no order between concurrent writes is promised, as before.
+ * Writes are submitted in the loop's check phase (or earlier through submitPending), in the
+ * order they were asked for, only neighbours in that order merged; a write overlapping one
+ * still in progress waits for it, so overlapping writes land in the order they were asked for.
  */
 import * as fs from 'node:fs';
 
@@ -22,9 +23,16 @@ function pwritev(fd: number, bufs: Uint8Array[], pos: number): Promise<number> {
   return new Promise((resolve, reject) => fs.writev(fd, bufs, pos, (err, n) => (err ? reject(err) : resolve(n))));
 }
 
+interface InFlight {
+  start: number;
+  end: number;
+  done: Promise<void>;
+}
+
 export class WriteGather {
   private queue: Pending[] = [];
   private scheduled = false;
+  private readonly inFlight = new Set<InFlight>();
 
   constructor(private readonly fd: number) {}
 
@@ -34,26 +42,33 @@ export class WriteGather {
       this.queue.push({ offset, data, resolve, reject });
       if (!this.scheduled) {
         this.scheduled = true;
-        setImmediate(() => this.submit());
+        setImmediate(() => this.submitPending());
       }
     });
   }
 
-  private submit(): void {
+  /** Hands every queued write to the thread pool now (before an operation that must follow them). */
+  submitPending(): void {
     this.scheduled = false;
-    const q = this.queue.sort((a, b) => a.offset - b.offset); // stable: equal offsets keep their order
+    const q = this.queue;
     this.queue = [];
     for (let i = 0; i < q.length; ) {
       let end = q[i].offset + q[i].data.byteLength;
       let j = i + 1;
       while (j < q.length && j - i < MAX_RUN && q[j].offset === end) end += q[j++].data.byteLength;
-      void this.writeRun(q.slice(i, j));
+      const start = q[i].offset;
+      const before = [...this.inFlight].filter((f) => f.start < end && start < f.end).map((f) => f.done);
+      const run: InFlight = { start, end, done: this.writeRun(q.slice(i, j), before) };
+      this.inFlight.add(run);
+      void run.done.then(() => this.inFlight.delete(run));
       i = j;
     }
   }
 
-  private async writeRun(run: Pending[]): Promise<void> {
+  /** Writes a run after the overlapping writes `before`; never rejects (its callers' promises do). */
+  private async writeRun(run: Pending[], before: Promise<void>[]): Promise<void> {
     try {
+      if (before.length > 0) await Promise.all(before);
       const start = run[0].offset;
       // A short write leaves the rest to be written piece by piece.
       let at = start + (await pwritev(this.fd, run.map((w) => w.data), start));

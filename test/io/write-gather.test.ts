@@ -29,6 +29,17 @@ test('concurrent writes, adjacent, apart and out of order, land as a model file 
   fs.closeSync(fd);
 });
 
+test('concurrent overlapping writes reach the file in the order they were asked for', async () => {
+  const file = path.join(tempDir(), 'order.raw');
+  fs.writeFileSync(file, Buffer.alloc(0));
+  const fd = fs.openSync(file, 'r+');
+  const g = new WriteGather(fd);
+  await Promise.all([g.write(4096, Buffer.alloc(8192, 1)), g.write(0, Buffer.alloc(4096, 2)), g.write(0, Buffer.alloc(6000, 3))]);
+  const want = Buffer.concat([Buffer.alloc(6000, 3), Buffer.alloc(12288 - 6000, 1)]);
+  assert.ok(fs.readFileSync(file).equals(want));
+  fs.closeSync(fd);
+});
+
 test('a failing write rejects every write gathered with it', async () => {
   const file = path.join(tempDir(), 'ro.raw');
   fs.writeFileSync(file, Buffer.alloc(8192));
