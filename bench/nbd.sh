@@ -1,7 +1,7 @@
 #!/bin/sh
 # img serve vs qemu-nbd and nbdkit, same files, same run: nbdcopy read throughput (export ->
-# null:, 4 connections) and a write workload (a raw file -> the export, 4 connections) on a
-# qcow2 and a raw image. Prints the best of RUNS wall times, the data rate, the server's CPU
+# null:, 1 and 4 connections) and a write workload (a raw file -> the export, 4 connections)
+# on a qcow2 and a raw image. Prints the best of RUNS wall times, the data rate, the server's CPU
 # time per run (user+sys: a fairer figure than wall time when other work shares the machine),
 # and the throughput ratio img/peer; checks that every written image equals the source.
 #
@@ -78,17 +78,17 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a > 0) printf "%.2f", b / a; else
 URI="nbd+unix:///?socket=$SOCK"
 printf '\n%-26s %-9s %9s %10s %10s   %s\n' "case ($DATA_MIB MiB of data)" "server" "best s" "MiB/s" "cpu s/run" "throughput img/peer"
 
-# read FMT FILE SERVERS...
+# read CONNECTIONS FMT FILE SERVERS...
 read_case() {
-  fmt=$1; file=$2; shift 2
+  conns=$1; fmt=$2; file=$3; shift 3
   for server in "$@"; do
     start "$server" "$fmt" "$file" ro
     c0=$(cpu)
-    best nbdcopy -C 4 "$URI" null:
+    best nbdcopy -C "$conns" "$URI" null:
     c=$(awk -v a="$c0" -v b="$(cpu)" -v n="$RUNS" 'BEGIN { printf "%.2f", (b - a) / n }')
     stop
     eval "t_$(echo "$server" | tr - _)=$best"
-    printf '%-26s %-9s %9s %10s %10s\n' "read $fmt" "$server" "$best" "$(rate "$best")" "$c"
+    printf '%-26s %-9s %9s %10s %10s\n' "read $fmt -C $conns" "$server" "$best" "$(rate "$best")" "$c"
   done
 }
 
@@ -122,8 +122,10 @@ write_case() {
 
 summary() { printf '%-26s %-9s %9s %10s %10s   %s\n' "" "" "" "" "" "vs qemu-nbd $(ratio "$t_img" "$t_qemu_nbd")${1:+, vs nbdkit $(ratio "$t_img" "$t_nbdkit")}"; }
 
-read_case qcow2 "$DIR/source.qcow2" img qemu-nbd; summary
-read_case raw "$SRC" img qemu-nbd nbdkit; summary nbdkit
+for conns in 1 4; do
+  read_case "$conns" qcow2 "$DIR/source.qcow2" img qemu-nbd; summary
+  read_case "$conns" raw "$SRC" img qemu-nbd nbdkit; summary nbdkit
+done
 write_case qcow2 img qemu-nbd; summary
 write_case raw img qemu-nbd nbdkit; summary nbdkit
 rm -f "$DIR"/target.*

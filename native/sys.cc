@@ -1,8 +1,10 @@
-// Small Linux syscalls Node does not expose: fallocate (preallocation, punching holes)
-// and lseek with SEEK_DATA/SEEK_HOLE (allocation status of sparse host files).
-// All calls are synchronous: they touch only file metadata and return quickly.
+// Small Linux syscalls Node does not expose: fallocate (preallocation, punching holes),
+// lseek with SEEK_DATA/SEEK_HOLE (allocation status of sparse host files), and positional
+// reads with RWF_NOWAIT (done only when the page cache holds the data).
+// All calls are synchronous: they touch only file metadata or the page cache and return quickly.
 #include <napi.h>
 #include <fcntl.h>
+#include <sys/uio.h>
 #include <unistd.h>
 #include <cerrno>
 #include <cstring>
@@ -55,9 +57,29 @@ Napi::Value Seek(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, static_cast<double>(r));
 }
 
+// preadNoWait(fd, buffer, position): preadv2 with RWF_NOWAIT, so the call never waits for
+// the disk. Returns the bytes read (possibly fewer than asked, 0 at end of file), or -1 when
+// the kernel would have had to wait (EAGAIN) or does not support the flag for this file
+// (EOPNOTSUPP, EINVAL): then the caller reads the asynchronous way.
+Napi::Value PreadNoWait(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = static_cast<int>(ArgInt(info, 0));
+  Napi::Uint8Array buf = info[1].As<Napi::Uint8Array>();
+  off_t pos = ArgInt(info, 2);
+  struct iovec iov = {buf.Data(), buf.ByteLength()};
+  ssize_t r;
+  do { r = preadv2(fd, &iov, 1, pos, RWF_NOWAIT); } while (r < 0 && errno == EINTR);
+  if (r < 0) {
+    if (errno == EAGAIN || errno == EOPNOTSUPP || errno == EINVAL) return Napi::Number::New(env, -1);
+    return ThrowErrno(env, "preadv2", errno);
+  }
+  return Napi::Number::New(env, static_cast<double>(r));
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("fallocate", Napi::Function::New(env, Fallocate));
   exports.Set("seek", Napi::Function::New(env, Seek));
+  exports.Set("preadNoWait", Napi::Function::New(env, PreadNoWait));
   exports.Set("SEEK_DATA", Napi::Number::New(env, SEEK_DATA));
   exports.Set("SEEK_HOLE", Napi::Number::New(env, SEEK_HOLE));
   exports.Set("FALLOC_FL_KEEP_SIZE", Napi::Number::New(env, FALLOC_FL_KEEP_SIZE));

@@ -5,6 +5,9 @@
  * Ordering is the caller's business and is expressed with `beforeWriteback`: it runs before
  * any dirty table is written (on flush or eviction), so e.g. the L2 cache can flush the
  * refcount cache first and a crash never leaves an L2 entry pointing at an unrefcounted cluster.
+ * What gets written is a copy of each table taken BEFORE beforeWriteback runs: a change made
+ * while it runs (say an L2 entry for a cluster allocated meanwhile, whose refcount that
+ * beforeWriteback did not cover) stays in the cache, dirty, for the next writeback.
  */
 export interface TableCacheOptions {
   tableSize: number;
@@ -13,6 +16,11 @@ export interface TableCacheOptions {
   load(hostOffset: number, into: Uint8Array): Promise<void>;
   store(hostOffset: number, data: Uint8Array): Promise<void>;
   beforeWriteback?: () => Promise<void>;
+}
+
+interface Copy {
+  off: number;
+  data: Uint8Array;
 }
 
 interface Entry {
@@ -25,6 +33,8 @@ interface Entry {
 export class TableCache {
   private readonly entries = new Map<number, Entry>(); // Map iteration order is our LRU order
   private readonly loading = new Map<number, Promise<Entry>>();
+  /** Writebacks under way (flush waits for evictions' too). */
+  private readonly storing = new Set<Promise<void>>();
 
   constructor(private readonly opts: TableCacheOptions) {
     if (opts.capacity < 2) opts.capacity = 2;
@@ -65,20 +75,37 @@ export class TableCache {
     return false;
   }
 
-  /** Writes every dirty table, in host-offset order. */
+  /** Writes every dirty table, in host-offset order; returns once every write (evictions' too) is done. */
   async flush(): Promise<void> {
     const dirty = [...this.entries].filter(([, e]) => e.dirty).sort((a, b) => a[0] - b[0]);
-    if (dirty.length === 0) return;
-    if (this.opts.beforeWriteback) await this.opts.beforeWriteback();
-    for (const [off, e] of dirty) {
-      if (!e.dirty) continue;
-      e.dirty = false;
-      try {
-        await this.opts.store(off, e.data);
-      } catch (err) {
-        e.dirty = true;
-        throw err;
+    if (dirty.length > 0) await this.writeBack(dirty.map(([off, e]) => this.takeDirty(off, e)));
+    while (this.storing.size > 0) await Promise.all([...this.storing]);
+  }
+
+  /** A copy of a dirty table's contents to write; the table counts as clean from now on. */
+  private takeDirty(off: number, e: Entry): Copy {
+    e.dirty = false;
+    return { off, data: e.data.slice() };
+  }
+
+  /** beforeWriteback, then the copies in order; what was not written is dirty again on failure. */
+  private async writeBack(copies: Copy[]): Promise<void> {
+    let done = 0;
+    const work = (async () => {
+      if (this.opts.beforeWriteback) await this.opts.beforeWriteback();
+      for (; done < copies.length; done++) await this.opts.store(copies[done].off, copies[done].data);
+    })();
+    this.storing.add(work);
+    try {
+      await work;
+    } catch (err) {
+      for (const c of copies.slice(done)) {
+        const e = this.entries.get(c.off);
+        if (e) e.dirty = true;
       }
+      throw err;
+    } finally {
+      this.storing.delete(work);
     }
   }
 
@@ -130,14 +157,8 @@ export class TableCache {
       }
       if (victim === undefined) return; // everything pinned: grow past capacity briefly
       const e = this.entries.get(victim)!;
-      if (e.dirty) {
-        if (this.opts.beforeWriteback) await this.opts.beforeWriteback();
-        if (e.dirty) {
-          e.dirty = false;
-          await this.opts.store(victim, e.data);
-        }
-      }
-      if (e.pins === 0 && !e.dirty) this.entries.delete(victim);
+      if (e.dirty) await this.writeBack([this.takeDirty(victim, e)]);
+      if (e.pins === 0 && !e.dirty && this.entries.get(victim) === e) this.entries.delete(victim);
     }
   }
 }

@@ -110,6 +110,9 @@ export interface OpenOptions {
    * name (a VDI differencing image names its parent by UUID): opened through openBacking.
    */
   backingFile?: string;
+  /** qcow2: bytes of L2 tables and of refcount blocks kept in memory (qemu's l2-cache-size, refcount-cache-size). */
+  l2CacheSize?: number;
+  refcountCacheSize?: number;
 }
 
 export interface CreateOptions {

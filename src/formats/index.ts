@@ -64,6 +64,9 @@ export interface OpenImageOptions {
    * read-only.
    */
   writableBacking?: number;
+  /** qcow2 cache sizes for the top image (OpenOptions). */
+  l2CacheSize?: number;
+  refcountCacheSize?: number;
 }
 
 /** Opens an image and, unless told not to, its whole backing chain (read-only below the top). */
@@ -101,7 +104,8 @@ async function openLayer(filename: string, opts: OpenImageOptions, seen: string[
             }
             throw err;
           });
-  const image = await format.open(filename, { readOnly: opts.readOnly, openBacking, backingFile: opts.backing });
+  const caches = { l2CacheSize: opts.l2CacheSize, refcountCacheSize: opts.refcountCacheSize };
+  const image = await format.open(filename, { readOnly: opts.readOnly, openBacking, backingFile: opts.backing, ...caches });
   if (image instanceof RawImage && !opts.format) image.probed = true;
   return image;
 }

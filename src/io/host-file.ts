@@ -5,6 +5,7 @@
 import * as fs from 'node:fs';
 import { ImageError, fromSystemError } from '../block/errors';
 import { nativeSys } from './native';
+import { WriteGather } from './write-gather';
 
 export interface HostExtent {
   offset: number;
@@ -24,24 +25,21 @@ function pread(fd: number, buf: Uint8Array, off: number, len: number, pos: numbe
   );
 }
 
-function pwrite(fd: number, buf: Uint8Array, off: number, len: number, pos: number): Promise<number> {
-  return new Promise((resolve, reject) =>
-    fs.write(fd, buf, off, len, pos, (err, n) => (err ? reject(err) : resolve(n))),
-  );
-}
-
 function call<T>(fn: (cb: (err: NodeJS.ErrnoException | null, v?: T) => void) => void): Promise<T> {
   return new Promise((resolve, reject) => fn((err, v) => (err ? reject(err) : resolve(v as T))));
 }
 
 export class HostFile {
   private closed = false;
+  private readonly gather: WriteGather;
 
   private constructor(
     readonly path: string,
     readonly fd: number,
     readonly readOnly: boolean,
-  ) {}
+  ) {
+    this.gather = new WriteGather(fd);
+  }
 
   static async open(path: string, opts: OpenFileOptions = {}): Promise<HostFile> {
     const flags = opts.create ? 'w+' : opts.readOnly ? 'r' : 'r+';
@@ -58,10 +56,24 @@ export class HostFile {
     }
   }
 
-  /** Fills `into` from `offset`; bytes past end-of-file read as zero. */
+  /**
+   * Fills `into` from `offset`; bytes past end-of-file read as zero. What the page cache holds
+   * is copied at once on this thread (a hand-off to the thread pool costs more than the copy);
+   * the rest is read asynchronously.
+   */
   async read(offset: number, into: Uint8Array): Promise<void> {
     let done = 0;
     try {
+      const sys = nativeSys();
+      while (done < into.byteLength) {
+        const n = sys.preadNoWait(this.fd, done === 0 ? into : into.subarray(done), offset + done);
+        if (n < 0) break;
+        if (n === 0) {
+          into.fill(0, done);
+          return;
+        }
+        done += n;
+      }
       while (done < into.byteLength) {
         const n = await pread(this.fd, into, done, into.byteLength - done, offset + done);
         if (n === 0) {
@@ -75,13 +87,12 @@ export class HostFile {
     }
   }
 
+  /** Writes `data` at `offset` (gathered with adjacent writes of the same loop iteration). */
   async write(offset: number, data: Uint8Array): Promise<void> {
     if (this.readOnly) throw new ImageError('READ_ONLY', 'file is open read-only', { file: this.path });
-    let done = 0;
+    if (data.byteLength === 0) return;
     try {
-      while (done < data.byteLength) {
-        done += await pwrite(this.fd, data, done, data.byteLength - done, offset + done);
-      }
+      await this.gather.write(offset, data);
     } catch (err) {
       throw fromSystemError(err, this.path);
     }
@@ -90,6 +101,7 @@ export class HostFile {
   /** Makes every completed write durable (fdatasync). */
   async flush(): Promise<void> {
     if (this.readOnly) return;
+    this.gather.submitPending();
     try {
       await call<void>((cb) => fs.fdatasync(this.fd, cb));
     } catch (err) {
@@ -109,6 +121,7 @@ export class HostFile {
   }
 
   async truncate(length: number): Promise<void> {
+    this.gather.submitPending();
     try {
       await call<void>((cb) => fs.ftruncate(this.fd, length, cb));
     } catch (err) {
@@ -119,6 +132,7 @@ export class HostFile {
   /** Reserves host blocks for the range (posix_fallocate semantics), growing the file if needed. */
   async allocate(offset: number, length: number): Promise<void> {
     if (length <= 0) return;
+    this.gather.submitPending();
     const sys = nativeSys();
     try {
       sys.fallocate(this.fd, 0, offset, length);
@@ -131,6 +145,7 @@ export class HostFile {
   /** Makes the range read as zeroes, deallocating it where the file system can. Keeps the size. */
   async punchHole(offset: number, length: number): Promise<void> {
     if (length <= 0) return;
+    this.gather.submitPending();
     const sys = nativeSys();
     const end = Math.min(offset + length, await this.size());
     if (end <= offset) return;

@@ -5,6 +5,11 @@ export interface NativeSys {
   fallocate(fd: number, mode: number, offset: number, length: number): void;
   /** lseek with SEEK_DATA/SEEK_HOLE; -1 when there is no data at or after offset. */
   seek(fd: number, offset: number, whence: number): number;
+  /**
+   * pread that never waits for the disk (RWF_NOWAIT): the bytes read (0 at end of file), or
+   * -1 when the data is not all in the page cache or the file system cannot tell.
+   */
+  preadNoWait(fd: number, into: Uint8Array, position: number): number;
   SEEK_DATA: number;
   SEEK_HOLE: number;
   FALLOC_FL_KEEP_SIZE: number;

@@ -1,7 +1,7 @@
 /**
  * Writing transmission-phase replies (proto.md "Simple reply message", "Structured reply
- * chunk message"): each reply's messages go out together, so replies to concurrent requests
- * never interleave inside one message; `done` runs once the bytes have left for the kernel.
+ * chunk message"): each reply's messages are queued together, so replies to concurrent
+ * requests never interleave inside one message; `done` runs once the bytes have left for the kernel.
  */
 import { Duplex } from 'node:stream';
 import { Extent } from '../block/device';
@@ -14,17 +14,30 @@ const MIN_HOLE = 4096;
 const ZERO_BLOCK = Buffer.alloc(MIN_HOLE);
 
 export class Replier {
+  private corked = false;
+
   constructor(private readonly stream: Duplex) {}
 
-  /** Writes the buffers as one unit (one writev); `done` runs when they are flushed (or the stream failed). */
+  /**
+   * Queues the buffers as one unit; `done` runs when they are flushed (or the stream failed).
+   * The stream stays corked until the event loop's check phase, so the replies of every
+   * request completed in one loop iteration leave in one writev: each write to the socket
+   * wakes the client, and a wake-up per reply costs more than the reply.
+   */
   send(buffers: Uint8Array[], done?: () => void): void {
     if (this.stream.destroyed) {
       done?.();
       return;
     }
-    this.stream.cork();
+    if (!this.corked) {
+      this.corked = true;
+      this.stream.cork();
+      setImmediate(() => {
+        this.corked = false;
+        this.stream.uncork();
+      });
+    }
     buffers.forEach((b, i) => this.stream.write(b, i === buffers.length - 1 ? () => done?.() : undefined));
-    this.stream.uncork();
   }
 
   simple(cookie: bigint, error: number, data?: Uint8Array, done?: () => void): void {

@@ -14,10 +14,11 @@ export interface Outcome {
   flushed: number;
 }
 
-/** Runs the writer on `file` and SIGKILLs it after `afterMs`. */
-export function runAndKill(format: string, file: string, seed: number, afterMs: number): Promise<Outcome> {
+/** Runs the writer on `file` (opened with `open`, JSON-serialisable OpenOptions) and SIGKILLs it after `afterMs`. */
+export function runAndKill(format: string, file: string, seed: number, afterMs: number, open?: object): Promise<Outcome> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [WRITER, format, file, String(seed)], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const args = [WRITER, format, file, String(seed), ...(open ? [JSON.stringify(open)] : [])];
+    const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';
     let err = '';
     child.stdout.on('data', (d) => (out += d));

@@ -4,15 +4,15 @@
  * `s N`, and when the flush that is operation N has finished, `f N`: every operation before
  * it is then durable. Operations come from a seeded PRNG, so the test replays them. The lines
  * are written synchronously so that none is lost when the process is killed.
- *   node crash-writer.js FORMAT IMAGE SEED
+ *   node crash-writer.js FORMAT IMAGE SEED [OPEN-OPTIONS-JSON]
  */
 import * as fs from 'node:fs';
-import { openImage } from '../../src/formats/index';
+import { openImage, OpenImageOptions } from '../../src/formats/index';
 import { CRASH_CLUSTER, crashOps } from './crash-ops';
 
 async function main(): Promise<void> {
-  const [format, file, seedText] = process.argv.slice(2);
-  const image = await openImage(file, { format });
+  const [format, file, seedText, open] = process.argv.slice(2);
+  const image = await openImage(file, { format, ...(open ? (JSON.parse(open) as OpenImageOptions) : {}) });
   let n = 0;
   for (const op of crashOps(Number(seedText), image.size, image.writeCompressed ? image.clusterSize : CRASH_CLUSTER)) {
     fs.writeSync(1, `s ${n}\n`);

@@ -32,6 +32,8 @@ function verifyData(file: string, base: Buffer, seed: number, clusterSize: numbe
 
 for (const cfg of [
   { name: 'v3 64k', opts: 'compat=1.1,cluster_size=65536' },
+  // Two-table caches: L2 tables and refcount blocks are evicted (written back) all the time.
+  { name: 'v3 4k, tiny caches', opts: 'compat=1.1,cluster_size=4096', open: { l2CacheSize: 8192, refcountCacheSize: 8192 } },
   { name: 'v3 4k refcount_bits=2', opts: 'compat=1.1,cluster_size=4096,refcount_bits=2' },
   { name: 'v3 64k extended_l2 zstd', opts: 'compat=1.1,cluster_size=65536,extended_l2=on,compression_type=zstd' },
   { name: 'v2 64k', opts: 'compat=0.10' },
@@ -46,7 +48,7 @@ for (const cfg of [
     let base: Buffer = Buffer.alloc(SIZE);
     for (let round = 0; round < 8; round++) {
       const seed = rand();
-      const o = await runAndKill('qcow2', file, seed, 300 + (rand() % 900));
+      const o = await runAndKill('qcow2', file, seed, 300 + (rand() % 900), cfg.open);
       const { status, report } = qemuCheck(file);
       assert.ok(status === 0 || status === 3, `round ${round}: qemu-img check exit ${status}: ${JSON.stringify(report)}`);
       assert.equal(report['corruptions'] ?? 0, 0, `round ${round}: corruptions`);

@@ -24,6 +24,11 @@ import { Tables, TablesHost } from './tables';
 const HDR_INCOMPATIBLE = 72;
 const DECOMPRESSED_CACHE = 8;
 
+export interface CacheSizes {
+  l2?: number;
+  refcount?: number;
+}
+
 export type PieceKind = 'data' | 'zero' | 'backing' | 'compressed';
 
 /** A guest range with one way of reading it. */
@@ -73,11 +78,13 @@ export class Qcow2Core implements TablesHost {
     readonly header: Qcow2Header,
     readonly backing: Image | null,
     fileSize: number,
+    /** Cache sizes in bytes (defaults when absent). */
+    readonly caches: CacheSizes = {},
   ) {
     this.g = geometry(header);
     this.end = fileSize;
-    this.refcounts = new Refcounts(file, header, this.g, (b) => (this.end = Math.max(this.end, b)));
-    this.tables = new Tables(this);
+    this.refcounts = new Refcounts(file, header, this.g, (b) => (this.end = Math.max(this.end, b)), caches.refcount);
+    this.tables = new Tables(this, caches.l2);
   }
 
   get size(): number {
@@ -115,7 +122,12 @@ export class Qcow2Core implements TablesHost {
     await this.syncIfNeeded();
   }
 
+  /**
+   * Makes every write so far durable, the cached refcount blocks written first: whatever is
+   * written after a sync may point at any cluster allocated before it.
+   */
   async sync(): Promise<void> {
+    await this.refcounts.writeBack();
     this.unsynced = false;
     this.refcounts.unsynced = false;
     await this.file.flush();
@@ -123,7 +135,7 @@ export class Qcow2Core implements TablesHost {
   }
 
   async syncIfNeeded(): Promise<void> {
-    if (this.unsynced || this.refcounts.unsynced) await this.sync();
+    if (this.unsynced || this.refcounts.unsynced || this.refcounts.dirty) await this.sync();
   }
 
   /** With lazy_refcounts, the dirty bit goes on disk before the first change. */
@@ -145,8 +157,8 @@ export class Qcow2Core implements TablesHost {
   }
 
   /**
-   * Makes everything durable in the safe order: L2 tables (after refcounts and data), then
-   * the L1 entries naming them, then the deferred decrements, then the dirty bit cleared.
+   * Makes everything durable in the safe order: data and refcounts, L2 tables, then the L1
+   * entries naming them, then the deferred decrements, then the dirty bit cleared.
    */
   flush(): Promise<void> {
     if (this.readOnly) return Promise.resolve();

@@ -85,7 +85,7 @@ export class Qcow2Image implements Image {
           from: filename,
         });
       }
-      const core = new Qcow2Core(file, dataFile ?? file, header, backing, fileSize);
+      const core = new Qcow2Core(file, dataFile ?? file, header, backing, fileSize, { l2: opts.l2CacheSize, refcount: opts.refcountCacheSize });
       await core.tables.loadL1();
       await core.refcounts.load(fileSize);
       if (!readOnly) {
@@ -292,7 +292,12 @@ export class Qcow2Image implements Image {
         try {
           return { value: await fn(this.core) };
         } finally {
-          await this.reload();
+          // Refcount changes the operation left in the cache (it ends with releases) go first.
+          try {
+            await this.core.sync();
+          } finally {
+            await this.reload();
+          }
         }
       });
       if (done) return done.value;
@@ -308,7 +313,7 @@ export class Qcow2Image implements Image {
       dataFile = await HostFile.open(resolveBackingName(this.filename, header.dataFile), { readOnly: this.readOnly });
       if (this.core.hasDataFile) await this.core.dataFile.close();
     }
-    const core = new Qcow2Core(this.core.file, dataFile, header, this.core.backing, fileSize);
+    const core = new Qcow2Core(this.core.file, dataFile, header, this.core.backing, fileSize, this.core.caches);
     await core.tables.loadL1();
     await core.refcounts.load(fileSize);
     this.engine = core;

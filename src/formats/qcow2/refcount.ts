@@ -2,9 +2,11 @@
  * Refcounts (qcow2.rst "Reference counts"): the refcount table and its blocks, cluster and
  * byte allocation, and growth of the table.
  *
- * Increments are written through before allocate() returns, so any L2 or L1 entry written
- * later points at a cluster whose refcount is already on disk. Decrements come in through
- * release(), which the image calls only after the references are gone from disk.
+ * Refcount blocks live in a write-back cache. The image writes them (writeBack) and syncs
+ * before any L2 table, L1 entry or header field that may point at a newly allocated cluster
+ * reaches the disk (core.ts sync), so the on-disk order is data, refcounts, then tables.
+ * An increment that reaches the disk early only leaks a cluster after a crash. Decrements come
+ * in through release(), which the image calls only after the references are gone from disk.
  */
 import { TableCache } from '../../block/cache';
 import { ImageError } from '../../block/errors';
@@ -42,13 +44,17 @@ export class Refcounts {
     private readonly g: Geometry,
     /** End of the used part of the image file, raised by every allocation. */
     private readonly raiseEnd: (bytes: number) => void,
+    cacheBytes?: number,
   ) {
     this.max = g.refcountBits >= 53 ? Number.MAX_SAFE_INTEGER : 2 ** g.refcountBits - 1;
     this.cache = new TableCache({
       tableSize: g.clusterSize,
-      capacity: Math.max(4, Math.floor(REFCOUNT_CACHE_BYTES / g.clusterSize)),
+      capacity: cacheBytes !== undefined ? Math.floor(cacheBytes / g.clusterSize) : Math.max(4, Math.floor(REFCOUNT_CACHE_BYTES / g.clusterSize)),
       load: (off, into) => this.file.read(off, into),
-      store: (off, data) => this.file.write(off, data), // never dirty: writes go through
+      store: async (off, data) => {
+        this.unsynced = true;
+        await this.file.write(off, data);
+      },
     });
   }
 
@@ -63,6 +69,16 @@ export class Refcounts {
       }
       this.table.push(off);
     }
+  }
+
+  /** Refcount blocks changed in memory and not written yet. */
+  get dirty(): boolean {
+    return this.cache.hasDirty;
+  }
+
+  /** Writes every changed refcount block (not synced: that is the image's business). */
+  writeBack(): Promise<void> {
+    return this.cache.flush();
   }
 
   /** The refcount of a host cluster (0 for clusters no block covers). */
@@ -123,8 +139,8 @@ export class Refcounts {
   }
 
   /**
-   * Adds one reference to every cluster listed (internal snapshots share clusters). Written
-   * through like allocations; the caller checks beforehand that no count overflows.
+   * Adds one reference to every cluster listed (internal snapshots share clusters); the
+   * caller checks beforehand that no count overflows.
    */
   retain(list: Release[]): Promise<void> {
     return this.mutex.run(() => this.update(list, 1));
@@ -203,10 +219,7 @@ export class Refcounts {
     }
   }
 
-  /**
-   * Adds `delta` to each listed cluster's refcount. Each block's changed bytes are written
-   * before the next block is fetched (cached blocks are never dirty, so eviction loses nothing).
-   */
+  /** Adds `delta` to each listed cluster's refcount, in the cached blocks (marked dirty). */
   private async update(list: Release[], delta: 1 | -1): Promise<void> {
     const E = this.g.refcountBlockEntries;
     for (const { cluster, count } of list) {
@@ -216,8 +229,6 @@ export class Refcounts {
         if (off === 0) throw this.corrupt(`host cluster ${c} has no refcount block`);
         const block = await this.cache.get(off);
         const stop = Math.min(cluster + count, (b + 1) * E);
-        let lo = Infinity;
-        let hi = 0;
         for (; c < stop; c++) {
           const idx = c % E;
           const v = this.entryAt(block, idx) + delta;
@@ -225,13 +236,10 @@ export class Refcounts {
           if (v > this.max) {
             throw new ImageError('UNSUPPORTED', `refcount of host cluster ${c} would exceed ${this.max} (refcount_bits ${this.g.refcountBits})`, { file: this.file.path });
           }
-          const [l, h] = setRefcountEntry(this.h.refcountOrder, block, idx, v);
-          lo = Math.min(lo, l);
-          hi = Math.max(hi, h);
+          setRefcountEntry(this.h.refcountOrder, block, idx, v);
           if (v === 0 && c < this.freeHint) this.freeHint = c;
         }
-        await this.file.write(off + lo, block.slice(lo, hi));
-        this.unsynced = true;
+        this.cache.markDirty(off);
       }
     }
   }
@@ -241,7 +249,7 @@ export class Refcounts {
     if (b === 0) throw this.corrupt('refcount table entry 0 is empty (the header cluster has no refcount)');
     const cs = this.g.clusterSize;
     const at = b * this.g.refcountBlockEntries * cs;
-    // Built outside the cache so cached blocks stay clean (never written behind the image's back).
+    // Written at once, outside the cache: the refcount table entry below names it.
     const block = new Uint8Array(cs);
     setRefcountEntry(this.h.refcountOrder, block, 0, 1); // it describes itself
     await this.file.write(at, block);
@@ -342,8 +350,8 @@ export function refcountEntry(order: number, block: Uint8Array, i: number): numb
   }
 }
 
-/** Sets entry `i`; returns the byte range [lo, hi) of the block it changed. */
-export function setRefcountEntry(order: number, block: Uint8Array, i: number, v: number): [number, number] {
+/** Sets entry `i` of a block. */
+export function setRefcountEntry(order: number, block: Uint8Array, i: number, v: number): void {
   switch (order) {
     case 0:
     case 1:
@@ -354,21 +362,20 @@ export function setRefcountEntry(order: number, block: Uint8Array, i: number, v:
       const shift = (i % per) * bits;
       const mask = ((1 << bits) - 1) << shift;
       block[byte] = (block[byte] & ~mask) | ((v << shift) & mask);
-      return [byte, byte + 1];
+      return;
     }
     case 3:
       block[i] = v;
-      return [i, i + 1];
+      return;
     case 4:
       if (i * 2 + 2 > block.byteLength) setBe16(block, i * 2, v);
       block[i * 2] = (v >> 8) & 0xff;
       block[i * 2 + 1] = v & 0xff;
-      return [i * 2, i * 2 + 2];
+      return;
     case 5:
       setBe32(block, i * 4, v);
-      return [i * 4, i * 4 + 4];
+      return;
     default:
       setBe64(block, i * 8, v);
-      return [i * 8, i * 8 + 8];
   }
 }

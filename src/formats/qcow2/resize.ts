@@ -65,7 +65,7 @@ async function growL1(core: Qcow2Core, entries: number): Promise<void> {
   bytes.set(core.tables.l1);
   const at = await core.refcounts.allocateContiguous(divCeil(bytes.byteLength, cs));
   await core.file.write(at, bytes);
-  await core.file.flush();
+  await core.sync(); // the new table and its refcounts, before the header names it
   const hdr = new Uint8Array(12);
   setBe32(hdr, 0, entries);
   setBe64(hdr, 4, at);

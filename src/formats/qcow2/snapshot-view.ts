@@ -22,7 +22,7 @@ export class SnapshotView extends ReadOnlyDevice {
     const table = await loadSnapshots(of.file, of.header, fileSize);
     const snap = selectSnapshot(table.entries, sel, 'id-first', of.file.path);
     const header = { ...of.header, size: snap.diskSize ?? of.header.size, l1Size: snap.l1Size, l1TableOffset: snap.l1TableOffset };
-    const core = new Qcow2Core(of.file, of.dataFile, header, of.backing, fileSize);
+    const core = new Qcow2Core(of.file, of.dataFile, header, of.backing, fileSize, of.caches);
     await core.tables.loadL1();
     return new SnapshotView(core);
   }

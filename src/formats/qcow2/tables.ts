@@ -35,11 +35,14 @@ export class Tables {
   readonly l2: TableCache;
   private readonly l2Locks = new KeyedLock();
 
-  constructor(private readonly host: TablesHost) {
+  constructor(
+    private readonly host: TablesHost,
+    cacheBytes?: number,
+  ) {
     const g = host.g;
     this.l2 = new TableCache({
       tableSize: g.clusterSize,
-      capacity: Math.min(MAX_L2_CACHE_TABLES, Math.max(16, Math.floor(L2_CACHE_BYTES / g.clusterSize))),
+      capacity: cacheBytes !== undefined ? Math.floor(cacheBytes / g.clusterSize) : Math.min(MAX_L2_CACHE_TABLES, Math.max(16, Math.floor(L2_CACHE_BYTES / g.clusterSize))),
       load: (off, into) => host.file.read(off, into),
       store: (off, data) => host.file.write(off, data),
       beforeWriteback: () => host.beforeL2Writeback(),
