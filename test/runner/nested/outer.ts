@@ -4,8 +4,8 @@
  * test script runs inside an outer Linux under qemu TCG with `-cpu max`, whose kvm_amd gives a
  * working /dev/kvm with nested paging. Everything the script needs travels in the outer
  * initramfs (node and its libraries, the project's built files, the inner kernel and
- * initramfs); the disk image travels on a second virtio disk, in and back out. With hardware
- * KVM the same script runs directly on the host.
+ * initramfs); the disk images travel as a tar on a second virtio disk (the transfer disk), in and
+ * back out. With hardware KVM the same script runs directly on the host.
  */
 import { spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -96,11 +96,12 @@ function addProject(t: Tree): void {
   t.tree(at('node_modules/zstd-napi/dist'), path.join(zstd, 'dist'), isJs);
 }
 
-/** The outer /init: modules, /dev/kvm, the disk in, the test script, the disk out, reboot. */
-function outerInit(kernel: string, modules: string[], diskBytes: number | undefined): string {
-  const copyIn = diskBytes === undefined ? '' : `head -c ${diskBytes} /dev/vda > "$DISK" || say disk-in-failed 1\n`;
-  const copyOut =
-    diskBytes === undefined ? '' : `dd if="$DISK" of=/dev/vda bs=1M conv=fsync 2>/dev/null && say disk-size $(stat -c %s "$DISK")\n`;
+/** The outer /init: modules, /dev/kvm, the files in, the test script, the files out, reboot. */
+function outerInit(kernel: string, modules: string[], transfer: string[]): string {
+  // The transfer disk holds a tar of the files, read in at the start and written back at the
+  // end (busybox tar stops at the archive's end marker; what follows on the disk is ignored).
+  const copyIn = transfer.length === 0 ? '' : `tar -xf /dev/vda -C ${G.work} || say transfer-in-failed 1\n`;
+  const copyOut = transfer.length === 0 ? '' : `tar -cf /dev/vda -C ${G.work} ${transfer.join(' ')} && sync && say transfer-out ok\n`;
   return `#!/bin/busybox sh
 /bin/busybox --install -s /bin
 mkdir -p /proc /sys /dev /tmp ${G.work}
@@ -125,8 +126,8 @@ reboot -f
 export interface OuterOptions {
   kernel: KernelChoice;
   script: string;
-  /** Bytes of the disk image the script finds at $DISK (copied in and back out). */
-  diskBytes?: number;
+  /** Names of the files the script finds in $WORK (they travel in and back out on the transfer disk). */
+  transfer?: string[];
   /** Also pack qemu-system-x86_64, its libraries and firmware (for the bench). */
   qemu?: boolean;
   /** Also pack the inner kernel's /lib/modules tree, cut down to these modules (for img boot). */
@@ -161,7 +162,7 @@ export function outerInitramfs(o: OuterOptions): Buffer {
   if (o.kernelModules) addModuleTree(t, o.kernel, o.kernelModules);
   t.file(G.initrd, innerInitramfs(o.kernel.release));
   t.file('/test.sh', Buffer.from(o.script), 0o755);
-  t.file('/init', Buffer.from(outerInit(guestKernel(o.kernel), mods.map((m) => m.name), o.diskBytes)), 0o755);
+  t.file('/init', Buffer.from(outerInit(guestKernel(o.kernel), mods.map((m) => m.name), o.transfer ?? [])), 0o755);
   return t.cpio.finish();
 }
 
@@ -177,8 +178,10 @@ export interface ScriptResult {
 export interface ScriptOptions {
   /** A shell script; it finds $NODE, $ROOT, $WORK, $KERNEL, $INITRD, $DISK and $GUEST_RUN. */
   script: string;
-  /** A disk image on the host the script sees as $DISK; its new contents come back here. */
+  /** A disk image on the host the script sees as $DISK ($WORK/disk); its new contents come back here. */
   disk?: string;
+  /** More files on the host the script sees in $WORK under their base names; they come back too. */
+  files?: string[];
   qemu?: boolean;
   kernelModules?: string[];
   timeoutMs?: number;
@@ -193,13 +196,18 @@ export async function runScript(o: ScriptOptions): Promise<ScriptResult> {
   const timeoutMs = o.timeoutMs ?? 300_000;
   if (!o.nested && hardwareKvm()) return runOnHost(o, kernel, timeoutMs);
   const dir = tempDir('img-nested-');
-  const diskBytes = o.disk === undefined ? undefined : fs.statSync(o.disk).size;
+  const files = transferFiles(o);
+  const names = [...files.keys()];
   const initrd = path.join(dir, 'outer.cpio');
-  fs.writeFileSync(initrd, outerInitramfs({ kernel, script: o.script, diskBytes, qemu: o.qemu, kernelModules: o.kernelModules }));
-  // The transfer disk: the image at offset 0, room for it to grow (qcow2 allocations).
+  fs.writeFileSync(initrd, outerInitramfs({ kernel, script: o.script, transfer: names, qemu: o.qemu, kernelModules: o.kernelModules }));
+  // The transfer disk: a tar of the files at offset 0, room for them to grow (qcow2 allocations).
   const transfer = path.join(dir, 'transfer.raw');
-  if (o.disk !== undefined) fs.copyFileSync(o.disk, transfer);
-  else fs.writeFileSync(transfer, '');
+  if (names.length > 0) {
+    const stage = path.join(dir, 'in');
+    fs.mkdirSync(stage);
+    for (const [name, host] of files) fs.symlinkSync(host, path.join(stage, name));
+    tar(['-chf', transfer, '-C', stage, ...names]);
+  } else fs.writeFileSync(transfer, '');
   fs.truncateSync(transfer, Math.max(fs.statSync(transfer).size * 2, 64 << 20));
   const { output } = await collect(
     QEMU,
@@ -210,10 +218,11 @@ export async function runScript(o: ScriptOptions): Promise<ScriptResult> {
     timeoutMs,
   );
   const reports = outerReports(output);
-  const size = reports.get('disk-size');
-  if (o.disk !== undefined && size !== undefined) {
-    fs.truncateSync(transfer, Number(size));
-    fs.copyFileSync(transfer, o.disk);
+  if (reports.has('transfer-out')) {
+    const back = path.join(dir, 'back');
+    fs.mkdirSync(back);
+    tar(['-xf', transfer, '-C', back]);
+    for (const [name, host] of files) fs.copyFileSync(path.join(back, name), host);
   }
   fs.rmSync(dir, { recursive: true, force: true });
   const exit = reports.get('exit');
@@ -253,15 +262,34 @@ function collect(cmd: string, args: string[], env: NodeJS.ProcessEnv, timeoutMs:
   });
 }
 
+/** The files a script finds in $WORK, by name, with where they come from on the host. */
+function transferFiles(o: ScriptOptions): Map<string, string> {
+  const files = new Map<string, string>();
+  for (const [name, host] of [...(o.disk === undefined ? [] : [['disk', o.disk]]), ...(o.files ?? []).map((f) => [path.basename(f), f])]) {
+    if (files.has(name) || !/^[\w.-]+$/.test(name)) throw new Error(`transfer: bad or repeated file name '${name}'`);
+    files.set(name, path.resolve(host));
+  }
+  return files;
+}
+
+/** Runs the host's tar (GNU tar; ustar, so busybox tar in the outer guest reads it). */
+function tar(args: string[]): void {
+  const r = spawnSync('tar', ['--format=ustar', ...args], { encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(`tar ${args.join(' ')}: ${r.stderr}`);
+}
+
 async function runOnHost(o: ScriptOptions, kernel: KernelChoice, timeoutMs: number): Promise<ScriptResult> {
   const dir = tempDir('img-nested-host-');
   const initrd = path.join(dir, 'inner.cpio');
   fs.writeFileSync(initrd, innerInitramfs(kernel.release));
+  const files = transferFiles(o);
+  for (const [name, host] of files) fs.copyFileSync(host, path.join(dir, name));
   const env = {
-    ...process.env, NODE: process.execPath, ROOT, WORK: dir, KERNEL: kernel.kernel, INITRD: initrd, DISK: o.disk ?? '',
+    ...process.env, NODE: process.execPath, ROOT, WORK: dir, KERNEL: kernel.kernel, INITRD: initrd, DISK: path.join(dir, 'disk'),
     GUEST_RUN: path.join(ROOT, 'dist/test/runner/nested/guest-run.js'),
   };
   const result = await collect('sh', ['-c', o.script], env, timeoutMs);
+  for (const [name, host] of files) fs.copyFileSync(path.join(dir, name), host);
   fs.rmSync(dir, { recursive: true, force: true });
   return { mode: 'host', ...result };
 }
