@@ -12,13 +12,11 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { before, describe, it } from 'node:test';
 import { qemuCheck, qemuImg, run, sha256File, tempDir } from '../../helpers';
-import { runScript, ScriptResult, unavailable } from './outer';
+import { APPLIANCE_MODULES, runScript, ScriptResult, unavailable } from './outer';
 
 const TIMEOUT_MS = 900_000;
 /** Each inner boot's own limit (img boot -t), well inside the outer one. */
 const BOOT_TIMEOUT_S = 240;
-/** What img boot's appliance loads for an ext4 filesystem on virtio-blk. */
-const APPLIANCE_MODULES = ['virtio_pci', 'virtio_blk', 'ext4'];
 
 function skipReason(): string | undefined {
   if (run('mkfs.ext4', ['-V']).status !== 0 || run('debugfs', ['-V']).status !== 0) return 'no mkfs.ext4/debugfs (e2fsprogs)';

@@ -24,6 +24,8 @@ const QEMU = 'qemu-system-x86_64';
 const QEMU_FIRMWARE = ['/usr/share/seabios/bios-256k.bin', '/usr/share/qemu/linuxboot_dma.bin', '/usr/share/qemu/kvmvapic.bin'];
 /** Where things live inside the outer guest. */
 const G = { root: '/img', work: '/tmp/work', initrd: '/boot/inner.cpio', node: '/usr/bin/node' };
+/** What img boot's appliance loads for an ext4 filesystem on virtio-blk (OuterOptions.kernelModules). */
+export const APPLIANCE_MODULES = ['virtio_pci', 'virtio_blk', 'ext4'];
 /** The inner kernel inside the outer guest: where findKernel looks, by its release. */
 const guestKernel = (k: KernelChoice) => `/boot/vmlinuz-${k.release}`;
 
