@@ -34,8 +34,10 @@ fi
 qemu-img convert -f raw -O qcow2 "$SRC" "$DIR/source.qcow2"
 cat "$SRC" "$DIR/source.qcow2" >/dev/null # both tools start with a warm page cache
 
-# measure NAME CMD...: runs CMD under /usr/bin/time -v; sets wall, cpu, rss
+# measure NAME CMD...: runs CMD under /usr/bin/time -v; sets wall, cpu, rss. Dirty pages left by
+# the previous run are written out first, so no tool pays for another's writeback.
 measure() {
+  sync
   /usr/bin/time -v -o "$DIR/time.txt" "$@" >/dev/null 2>"$DIR/err.txt" || {
     echo "bench: failed: $*" >&2
     cat "$DIR/err.txt" >&2
