@@ -204,3 +204,13 @@ export type { DiskConfig, Vm, VmConfig, VmExit } from './runner/vm';
  * `kvmStatus()` says whether /dev/kvm is usable and hardware-backed.
  */
 export { kvmStatus, startVm } from './runner/vm';
+
+export type { MountOptions } from './fuse/mount';
+/**
+ * FUSE: `mountImage({ image: 'disk.qcow2', dir: '/mnt/x' })` exports the virtual disk as
+ * `/mnt/x/disk` (and its partitions as p1, p2, …); `{ fs: true }` (root) mounts the guest
+ * filesystem itself. `unmount()` on the result (or `unmountDir(dir)`, which also cleans up
+ * after a killed process) undoes it and flushes the image.
+ */
+export { MountedImage, mountImage } from './fuse/mount';
+export { unmountDir } from './fuse/unmount';
