@@ -197,7 +197,7 @@ export type { BootOptions, BootResult } from './runner/boot';
  */
 export { boot } from './runner/boot';
 
-export type { DiskConfig, Vm, VmConfig, VmExit } from './runner/vm';
+export type { DiskConfig, KvmStatus, Vm, VmConfig, VmExit } from './runner/vm';
 /**
  * The bundled KVM runner itself: `startVm({ kernel, initrd, cmdline, disks: [{ kind: 'file', path }] })`
  * boots a bzImage with virtio-blk disks (host files or NBD exports) and a serial console;

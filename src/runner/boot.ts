@@ -151,13 +151,14 @@ export async function boot(image: string, opts: BootOptions): Promise<BootResult
   if (choice.note) opts.onNotice?.(choice.note);
   const kernel = findKernel(opts.kernel);
   const appliance = !!opts.command?.length;
-  if (!appliance && opts.initrd === undefined && !fs.existsSync(`/boot/initrd.img-${kernel.release}`)) {
-    throw new ImageError('NOT_FOUND', `root mode needs the distribution's initramfs: /boot/initrd.img-${kernel.release} is missing, give --initrd`);
+  const distroInitrd = `/boot/initrd.img-${kernel.release}`;
+  if (!appliance && opts.initrd === undefined && !fs.existsSync(distroInitrd)) {
+    throw new ImageError('NOT_FOUND', `root mode needs the distribution's initramfs: ${distroInitrd} is missing, give --initrd`);
   }
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'img-boot-'));
   try {
     const nonce = randomBytes(8).toString('hex');
-    let initrd = opts.initrd ?? `/boot/initrd.img-${kernel.release}`;
+    let initrd = opts.initrd ?? distroInitrd;
     let cmdline = `${BASE_CMDLINE} `;
     const attached = await attachDisk(image, opts, dir, async (img) => {
       const root = typeof opts.root === 'string' ? undefined : await findFilesystem(img, opts.partition);

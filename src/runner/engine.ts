@@ -8,7 +8,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Readable } from 'node:stream';
 import { ImageError } from '../block/errors';
-import { kvmStatus } from './vm';
+import { KvmStatus, kvmStatus, VmExit } from './vm';
 
 export type EngineName = 'native' | 'qemu';
 
@@ -25,11 +25,7 @@ export interface MachineSpec {
   timeoutMs: number;
 }
 
-export interface MachineExit {
-  reason: 'shutdown' | 'timeout' | 'stopped' | 'error';
-  code: number;
-  message?: string;
-}
+export type MachineExit = VmExit;
 
 export interface Machine {
   /** The serial console's output bytes. */
@@ -37,23 +33,6 @@ export interface Machine {
   /** Ends the machine (reason 'stopped'); resolves once it is gone. */
   stop(): Promise<MachineExit>;
   exited: Promise<MachineExit>;
-}
-
-export interface KvmStatus {
-  usable: boolean;
-  hardware: boolean;
-  why?: string;
-}
-
-/**
- * The runner's kvmStatus(), with the reason when /dev/kvm works but is not hardware-backed:
- * kvm_pvm (a software hypervisor, ~10,000 times slower in guest kernel mode) or no vmx/svm flag.
- */
-export function hostKvm(): KvmStatus {
-  const status = kvmStatus();
-  if (!status.usable || status.hardware) return status;
-  const why = fs.existsSync('/sys/module/kvm_pvm') ? '/dev/kvm is a software hypervisor (kvm_pvm)' : '/dev/kvm is not hardware-backed (no vmx or svm CPU flag)';
-  return { ...status, why };
 }
 
 export const QEMU = 'qemu-system-x86_64';
@@ -82,7 +61,7 @@ export interface EngineChoice {
  * The engine to use: the one asked for, else native where /dev/kvm is hardware-backed, else
  * qemu. A missing engine is an error naming what to install.
  */
-export function chooseEngine(requested: EngineName | undefined, kvm: KvmStatus = hostKvm(), qemuInstalled: () => boolean = hasQemu): EngineChoice {
+export function chooseEngine(requested: EngineName | undefined, kvm: KvmStatus = kvmStatus(), qemuInstalled: () => boolean = hasQemu): EngineChoice {
   const accel = kvm.hardware ? 'kvm' : 'tcg';
   if (requested === 'native') return { engine: 'native', accel };
   if (requested === 'qemu' || !kvm.hardware) {

@@ -9,7 +9,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { test } from 'node:test';
 import { boot } from '../../src/index';
-import { hostKvm } from '../../src/runner/engine';
+import { kvmStatus } from '../../src/runner/vm';
 import { IMG, qemuCheck, qemuImg, run, RunResult, sha256File, tempDir } from '../helpers';
 
 const ENGINE = process.env.IMG_BOOT_ENGINE as 'native' | 'qemu' | undefined;
@@ -145,7 +145,7 @@ test('a guest that never ends: --timeout stops it with status 124 and a clear me
   assert.equal(r.status, 124);
   assert.match(r.stderr, /img: the guest did not finish within 2 s \(--timeout\): stopped it/);
   // The native runner's timeout, where /dev/kvm opens at all (here it may be too slow to boot).
-  if (hostKvm().usable) {
+  if (kvmStatus().usable) {
     const n = imgBoot('--engine', 'native', '--timeout', '2', raw, '--', 'sleep', '1000');
     assert.equal(n.status, 124, n.stderr);
   }
@@ -170,7 +170,7 @@ test('bad input fails before booting, with one clear line and nothing left behin
     assert.match(r.stderr, message);
   }
   // No hardware KVM and no qemu on PATH: an error naming what to install.
-  if (!hostKvm().hardware) {
+  if (!kvmStatus().hardware) {
     const r = run('env', ['PATH=/nonexistent', `TMPDIR=${imgTmp}`, process.execPath, IMG, 'boot', raw, '--', 'true']);
     assert.equal(r.status, 1);
     assert.match(r.stderr, /^img: \/dev\/kvm .*, so the native runner cannot be used, and qemu-system-x86_64 is not installed: install qemu-system-x86/m);
