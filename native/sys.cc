@@ -12,6 +12,7 @@
 #include "runner/napi_vm.h"
 
 Napi::Object InitFuse(Napi::Env env, Napi::Object exports);  // fuse.cc
+Napi::Object InitSpliceWriter(Napi::Env env, Napi::Object exports);  // splice_writer.cc
 
 namespace {
 
@@ -86,6 +87,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("FALLOC_FL_PUNCH_HOLE", Napi::Number::New(env, FALLOC_FL_PUNCH_HOLE));
   exports.Set("FALLOC_FL_ZERO_RANGE", Napi::Number::New(env, FALLOC_FL_ZERO_RANGE));
   runner::registerRunner(env, exports);
+  InitSpliceWriter(env, exports);
   return InitFuse(env, exports);
 }
 

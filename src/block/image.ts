@@ -74,6 +74,13 @@ export interface Image extends BlockDevice {
   writeCompressed?(offset: number, data: Uint8Array): Promise<void>;
   /** Only compressed writes are possible (vmdk streamOptimized): convert then compresses by itself. */
   readonly needsCompressedWrites?: boolean;
+  /**
+   * The descriptor of the host file this layer's extent `hostOffset`s point into, present only
+   * while that mapping is stable: a host range never comes to hold other virtual data while the
+   * image is open (a raw file; a qcow2 open read-only). Then a range looked up with blockStatus
+   * may be sent from the file later without reading it first (NBD read replies use splice).
+   */
+  readonly stableDataFd?: number;
   /** Files besides `filename` that hold the image's data (vmdk extents): removed with a failed convert target. */
   readonly dataFiles?: readonly string[];
   /** A read-only view of an internal snapshot's disk (convert -l), by id or name. */

@@ -5,12 +5,14 @@
  * connection (write payloads and read replies) fit under MAX_IN_FLIGHT_BYTES.
  */
 import { ImageError } from '../block/errors';
+import { HostPiece, hostPieces } from '../block/host-pieces';
 import { be16, be32, be64n } from '../io/bytes';
 import { contextId, Negotiated } from './handshake';
 import { BufferPool } from './buffers';
 import { nbdErrno } from './export';
 import * as P from './protocol';
-import { Replier } from './reply';
+import { ReadPiece, Replier } from './reply';
+import { replySink, ReplySink } from './sink';
 
 /** Cap on payload bytes held for this connection's requests at once. */
 const MAX_IN_FLIGHT_BYTES = 64 << 20;
@@ -53,6 +55,7 @@ class Refusal {
 }
 
 export class Connection {
+  private readonly sink: ReplySink;
   private readonly replier: Replier;
   private inFlight = 0;
   private inFlightBytes = 0;
@@ -60,7 +63,8 @@ export class Connection {
   private stopping = false;
 
   constructor(private readonly s: Negotiated) {
-    this.replier = new Replier(s.stream);
+    this.sink = replySink(s.stream);
+    this.replier = new Replier(this.sink);
   }
 
   get idle(): boolean {
@@ -103,7 +107,7 @@ export class Connection {
       if (!(err instanceof ImageError)) throw err; // the stream ended: nothing to answer
     }
     await this.drain();
-    this.s.stream.end();
+    await this.sink.end();
   }
 
   /** Stops serving new requests (they get NBD_ESHUTDOWN) and waits for those in flight. */
@@ -113,7 +117,7 @@ export class Connection {
   }
 
   close(): void {
-    this.s.stream.destroy();
+    this.sink.destroy();
   }
 
   private async drain(): Promise<void> {
@@ -230,6 +234,20 @@ export class Connection {
 
   private async read(req: Request): Promise<void> {
     const dev = this.s.export.device;
+    const structured = this.s.structured;
+    const fragment = (req.flags & P.NBD_CMD_FLAG_DF) === 0;
+    // The reply's bytes count as in flight until the socket has taken them.
+    const hostParts = this.sink.files ? await hostPieces(dev, req.offset, req.length) : null;
+    if (hostParts) {
+      const buffers: Buffer[] = [];
+      try {
+        const pieces = await this.readParts(req.offset, hostParts, buffers);
+        await new Promise<void>((done) => this.replier.readPieces(req.cookie, req.offset, pieces, structured, fragment, done));
+      } finally {
+        for (const b of buffers) replyBuffers.give(b);
+      }
+      return;
+    }
     const data = replyBuffers.take(req.length);
     try {
       await dev.read(req.offset, data);
@@ -237,11 +255,25 @@ export class Connection {
       replyBuffers.give(data);
       throw err;
     }
-    // The reply's bytes count as in flight until the socket has taken them.
-    await new Promise<void>((done) => {
-      if (this.s.structured) this.replier.read(req.cookie, req.offset, data, (req.flags & P.NBD_CMD_FLAG_DF) === 0, done);
-      else this.replier.simple(req.cookie, 0, data, done);
-    });
+    await new Promise<void>((done) => this.replier.read(req.cookie, req.offset, data, structured, fragment, done));
     replyBuffers.give(data);
+  }
+
+  /** Host pieces as reply pieces: file ranges stay ranges, what only the format can read is read into `buffers`. */
+  private async readParts(offset: number, pieces: HostPiece[], buffers: Buffer[]): Promise<ReadPiece[]> {
+    const out: ReadPiece[] = [];
+    let at = offset;
+    for (const p of pieces) {
+      if (p.kind === 'file') out.push({ length: p.length, part: p });
+      else if (p.kind === 'zero') out.push({ length: p.length });
+      else {
+        const b = replyBuffers.take(p.length);
+        buffers.push(b);
+        await this.s.export.device.read(at, b);
+        out.push({ length: p.length, part: b });
+      }
+      at += p.length;
+    }
+    return out;
   }
 }

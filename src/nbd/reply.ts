@@ -1,47 +1,41 @@
 /**
  * Writing transmission-phase replies (proto.md "Simple reply message", "Structured reply
- * chunk message"): each reply's messages are queued together, so replies to concurrent
- * requests never interleave inside one message; `done` runs once the bytes have left for the kernel.
+ * chunk message") to a ReplySink, which keeps each reply's messages together.
  */
-import { Duplex } from 'node:stream';
 import { Extent } from '../block/device';
 import { setBe16, setBe32, setBe64 } from '../io/bytes';
 import { extentStatus } from './export';
 import * as P from './protocol';
+import { ReplyPart, ReplySink } from './sink';
 
 /** Zero detection granularity: shorter zero runs go out as data (a chunk header costs more). */
 const MIN_HOLE = 4096;
 const ZERO_BLOCK = Buffer.alloc(MIN_HOLE);
+/** Zeroes sent as data (a hole where the reply cannot say so) are slices of this. */
+const ZEROES = Buffer.alloc(1 << 20);
+
+/** `length` bytes of a read reply: `part`, or zeroes when it is absent. */
+export interface ReadPiece {
+  length: number;
+  part?: ReplyPart;
+}
+
+/** Part of a read reply: bytes, or a hole when `parts` is absent. */
+interface Run {
+  at: number;
+  length: number;
+  parts?: ReplyPart[];
+}
 
 export class Replier {
-  private corked = false;
+  constructor(private readonly sink: ReplySink) {}
 
-  constructor(private readonly stream: Duplex) {}
-
-  /**
-   * Queues the buffers as one unit; `done` runs when they are flushed (or the stream failed).
-   * The stream stays corked until the event loop's check phase, so the replies of every
-   * request completed in one loop iteration leave in one writev: each write to the socket
-   * wakes the client, and a wake-up per reply costs more than the reply.
-   */
-  send(buffers: Uint8Array[], done?: () => void): void {
-    if (this.stream.destroyed) {
-      done?.();
-      return;
-    }
-    if (!this.corked) {
-      this.corked = true;
-      this.stream.cork();
-      setImmediate(() => {
-        this.corked = false;
-        this.stream.uncork();
-      });
-    }
-    buffers.forEach((b, i) => this.stream.write(b, i === buffers.length - 1 ? () => done?.() : undefined));
+  private send(parts: ReplyPart[], done?: () => void): void {
+    this.sink.send(parts, done);
   }
 
-  simple(cookie: bigint, error: number, data?: Uint8Array, done?: () => void): void {
-    this.send(data && error === 0 ? [P.simpleReply(error, cookie), data] : [P.simpleReply(error, cookie)], done);
+  simple(cookie: bigint, error: number): void {
+    this.send([P.simpleReply(error, cookie)]);
   }
 
   /** A structured error chunk: ERROR, or ERROR_OFFSET when the failing offset is known. */
@@ -58,15 +52,46 @@ export class Replier {
   }
 
   /**
-   * A successful structured READ reply: OFFSET_DATA chunks for data and OFFSET_HOLE chunks for
-   * blocks that read as zeroes, or one data chunk when `fragment` is false (DF).
+   * A successful READ reply of bytes read into `data`: with structured replies, OFFSET_DATA
+   * chunks for data and OFFSET_HOLE chunks for blocks that read as zeroes, unless `fragment`
+   * is false (DF); with simple replies, the bytes after the header.
    */
-  read(cookie: bigint, offset: number, data: Buffer, fragment: boolean, done: () => void): void {
-    const out: Uint8Array[] = [];
-    const runs = fragment ? zeroRuns(offset, data) : [{ at: offset, length: data.byteLength, hole: false }];
+  read(cookie: bigint, offset: number, data: Buffer, structured: boolean, fragment: boolean, done: () => void): void {
+    const runs = structured && fragment ? zeroRuns(offset, data) : [{ at: offset, length: data.byteLength, hole: false }];
+    this.readRuns(
+      cookie,
+      runs.map((r) => (r.hole ? r : { ...r, parts: [data.subarray(r.at - offset, r.at - offset + r.length)] })),
+      structured,
+      done,
+    );
+  }
+
+  /** A successful READ reply of pieces: zero pieces are holes where the reply can say so. */
+  readPieces(cookie: bigint, offset: number, pieces: ReadPiece[], structured: boolean, fragment: boolean, done: () => void): void {
+    const holes = structured && fragment;
+    const runs: Run[] = [];
+    let at = offset;
+    for (const p of pieces) {
+      const parts = p.part ? [p.part] : holes ? undefined : zeroParts(p.length);
+      const last = runs[runs.length - 1];
+      if (last && !!last.parts === !!parts) {
+        last.length += p.length;
+        if (parts) last.parts!.push(...parts);
+      } else runs.push({ at, length: p.length, parts });
+      at += p.length;
+    }
+    this.readRuns(cookie, runs, structured, done);
+  }
+
+  private readRuns(cookie: bigint, runs: Run[], structured: boolean, done: () => void): void {
+    if (!structured) {
+      this.send([P.simpleReply(0, cookie), ...runs.flatMap((r) => r.parts ?? zeroParts(r.length))], done);
+      return;
+    }
+    const out: ReplyPart[] = [];
     runs.forEach((r, i) => {
       const flags = i === runs.length - 1 ? P.NBD_REPLY_FLAG_DONE : 0;
-      if (r.hole) {
+      if (!r.parts) {
         const b = P.structuredHeader(flags, P.NBD_REPLY_TYPE_OFFSET_HOLE, cookie, 12, 12);
         setBe64(b, P.STRUCTURED_HEADER_SIZE, r.at);
         setBe32(b, P.STRUCTURED_HEADER_SIZE + 8, r.length);
@@ -74,7 +99,7 @@ export class Replier {
       } else {
         const b = P.structuredHeader(flags, P.NBD_REPLY_TYPE_OFFSET_DATA, cookie, 8 + r.length, 8);
         setBe64(b, P.STRUCTURED_HEADER_SIZE, r.at);
-        out.push(b, data.subarray(r.at - offset, r.at - offset + r.length));
+        out.push(b, ...r.parts);
       }
     });
     if (runs.length === 0) out.push(P.structuredHeader(P.NBD_REPLY_FLAG_DONE, P.NBD_REPLY_TYPE_NONE, cookie, 0));
@@ -106,6 +131,13 @@ export class Replier {
     });
     this.send(out);
   }
+}
+
+/** `length` zero bytes as slices of one shared buffer. */
+function zeroParts(length: number): Uint8Array[] {
+  const parts: Uint8Array[] = [];
+  for (let o = 0; o < length; o += ZEROES.byteLength) parts.push(ZEROES.subarray(0, Math.min(ZEROES.byteLength, length - o)));
+  return parts;
 }
 
 /**

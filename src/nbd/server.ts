@@ -28,7 +28,9 @@ export interface ServerOptions {
 export type ListenAddress = { socket: string } | { port: number; host: string };
 
 export class NbdServer {
-  private readonly server = net.createServer((socket) => this.accept(socket));
+  // Half-open: a client may shut its side down right after NBD_CMD_DISC, and the replies still
+  // queued (some in a SpliceSink, where Node cannot see them) must go out before ours ends.
+  private readonly server = net.createServer({ allowHalfOpen: true }, (socket) => this.accept(socket));
   private readonly sockets = new Set<net.Socket>();
   private readonly connections = new Set<Connection>();
   private stopping = false;

@@ -37,8 +37,8 @@ function track(proc: ChildProcess): { exited: Promise<number | null>; stderr: ()
 }
 
 /** Starts `img serve ARGS…` and waits for the URI lines it prints once listening. */
-export async function imgServe(args: string[], exports = 1): Promise<Served> {
-  const proc = spawn(process.execPath, [IMG, 'serve', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+export async function imgServe(args: string[], exports = 1, env: NodeJS.ProcessEnv = {}): Promise<Served> {
+  const proc = spawn(process.execPath, [IMG, 'serve', ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
   const { exited, stderr } = track(proc);
   let out = '';
   const uris = await new Promise<string[]>((resolve, reject) => {

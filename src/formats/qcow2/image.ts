@@ -115,6 +115,10 @@ export class Qcow2Image implements Image {
   get readOnly(): boolean {
     return this.core.readOnly;
   }
+  /** Writable, a freed cluster may be reused for other data while a reply still refers to it. */
+  get stableDataFd(): number | undefined {
+    return this.core.readOnly ? this.core.dataFile.fd : undefined;
+  }
   get filename(): string {
     return this.core.file.path;
   }

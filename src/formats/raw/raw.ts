@@ -34,6 +34,10 @@ export class RawImage implements Image, BlockDevice {
   get readOnly(): boolean {
     return this.file.readOnly;
   }
+  /** The mapping is the identity: always stable. */
+  get stableDataFd(): number {
+    return this.file.fd;
+  }
 
   async read(offset: number, into: Uint8Array): Promise<void> {
     checkRange(this.size, offset, into.byteLength, 'read');

@@ -1,0 +1,154 @@
+/**
+ * Where a connection's replies go. A reply is a list of parts queued as one unit, so replies
+ * to concurrent requests never interleave; `done` runs once its bytes have left for the kernel
+ * (or the connection failed). Two ways out:
+ * - StreamSink writes to the Node stream: TLS, and any stream without a descriptor.
+ * - SpliceSink hands the parts to a native thread that splices file ranges from the page cache
+ *   into the socket (native/splice_writer.cc): read replies cost no copy in user space.
+ */
+import { Socket } from 'node:net';
+import { Duplex } from 'node:stream';
+import { TLSSocket } from 'node:tls';
+import { nativeSys } from '../io/native';
+
+/** `length` bytes of the file open as `fd`, from `position`: sent without being read here. */
+export interface FileRange {
+  fd: number;
+  position: number;
+  length: number;
+}
+
+export type ReplyPart = Uint8Array | FileRange;
+
+export interface ReplySink {
+  /** The sink takes FileRange parts. */
+  readonly files: boolean;
+  send(parts: ReplyPart[], done?: () => void): void;
+  /** Sends what is queued, then ends the stream. */
+  end(): Promise<void>;
+  /** Drops what is queued and closes the stream. */
+  destroy(): void;
+}
+
+/**
+ * A sink for the stream: SpliceSink for a plain socket with nothing left to write (unless
+ * IMG_NBD_SPLICE=0), StreamSink otherwise: TLS needs the bytes, and a second writer would race
+ * handshake bytes still queued in the stream.
+ */
+export function replySink(stream: Duplex): ReplySink {
+  const fd = (stream as unknown as { _handle?: { fd?: number } })._handle?.fd;
+  const plain = stream instanceof Socket && !(stream instanceof TLSSocket) && stream.writableLength === 0;
+  if (plain && fd !== undefined && fd >= 0 && process.env.IMG_NBD_SPLICE !== '0') return new SpliceSink(stream, fd);
+  return new StreamSink(stream);
+}
+
+export class StreamSink implements ReplySink {
+  readonly files = false;
+  private corked = false;
+
+  constructor(private readonly stream: Duplex) {}
+
+  /**
+   * The stream stays corked until the event loop's check phase, so the replies of every
+   * request completed in one loop iteration leave in one writev: each write to the socket
+   * wakes the client, and a wake-up per reply costs more than the reply.
+   */
+  send(parts: ReplyPart[], done?: () => void): void {
+    if (this.stream.destroyed) {
+      done?.();
+      return;
+    }
+    if (!this.corked) {
+      this.corked = true;
+      this.stream.cork();
+      setImmediate(() => {
+        this.corked = false;
+        this.stream.uncork();
+      });
+    }
+    parts.forEach((p, i) => {
+      if (!(p instanceof Uint8Array)) throw new Error('StreamSink cannot send file ranges');
+      this.stream.write(p, i === parts.length - 1 ? () => done?.() : undefined);
+    });
+  }
+
+  async end(): Promise<void> {
+    this.stream.end();
+  }
+
+  destroy(): void {
+    this.stream.destroy();
+  }
+}
+
+interface NativeSpliceWriter {
+  send(token: number, parts: (Uint8Array | number[])[]): void;
+  end(): void;
+  abort(): void;
+}
+
+type SpliceWriterClass = new (
+  fd: number,
+  onReport: (tokens: number[], error: string | undefined, closed: boolean) => void,
+) => NativeSpliceWriter;
+
+export class SpliceSink implements ReplySink {
+  readonly files = true;
+  private readonly writer: NativeSpliceWriter;
+  /** Units queued, by token: the parts stay referenced here because the thread reads their memory. */
+  private readonly pending = new Map<number, { parts: ReplyPart[]; done?: () => void }>();
+  private next = 0;
+  private closed = false;
+  private readonly finished: Promise<void>;
+
+  constructor(
+    private readonly socket: Socket,
+    fd: number,
+  ) {
+    let close!: () => void;
+    this.finished = new Promise((r) => (close = r));
+    const Writer = (nativeSys() as unknown as { SpliceWriter: SpliceWriterClass }).SpliceWriter;
+    this.writer = new Writer(fd, (tokens, error, closed) => {
+      for (const t of tokens) {
+        const unit = this.pending.get(t);
+        this.pending.delete(t);
+        unit?.done?.();
+      }
+      // The client went away or the image could not be read mid-reply: nothing more can be sent.
+      if (error !== undefined && !socket.destroyed) socket.destroy();
+      if (closed) close();
+    });
+  }
+
+  send(parts: ReplyPart[], done?: () => void): void {
+    if (this.closed || this.socket.destroyed) {
+      done?.();
+      return;
+    }
+    const token = this.next;
+    this.next = (this.next + 1) >>> 0;
+    this.pending.set(token, { parts, done });
+    this.writer.send(
+      token,
+      parts.map((p) => (p instanceof Uint8Array ? p : [p.fd, p.position, p.length])),
+    );
+  }
+
+  async end(): Promise<void> {
+    this.stop(false);
+    await this.finished;
+    this.socket.end();
+  }
+
+  destroy(): void {
+    this.stop(true);
+    this.socket.destroy();
+  }
+
+  private stop(abort: boolean): void {
+    if (this.closed) return;
+    this.closed = true;
+    if (abort) this.writer.abort();
+    else this.writer.end();
+  }
+}
