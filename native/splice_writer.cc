@@ -15,8 +15,10 @@
 #include <poll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <condition_variable>
 #include <cstring>
@@ -59,6 +61,8 @@ struct Writer {
   std::condition_variable cv;
   std::deque<Unit> queue;
   bool ending = false, aborting = false;
+  bool busy = false;                 // the thread owns the socket: it took units and has not drained them
+  std::atomic<bool> broken{false};   // a unit failed: nothing more may be written
   Napi::ThreadSafeFunction tsfn;
 
   // Thread state.
@@ -79,6 +83,7 @@ struct Writer {
   }
 
   void Fail(const char* what, int err) {
+    broken = true;
     if (error.empty()) error = std::string(what) + ": " + strerror(err);
   }
 
@@ -210,6 +215,7 @@ struct Writer {
         if (aborting) Fail("writing to the client", ECONNABORTED);
         if (queue.empty()) break;
         batch.swap(queue);
+        busy = true;
       }
       for (Unit& u : batch) {
         for (const Segment& s : u.segments) {
@@ -220,6 +226,10 @@ struct Writer {
       }
       batch.clear();
       if (error.empty()) Drain();
+      {
+        std::lock_guard<std::mutex> lock(m);
+        busy = false;
+      }
       ReportDone(false);
       if (Aborted()) break;
     }
@@ -280,32 +290,83 @@ class SpliceWriter : public Napi::ObjectWrap<SpliceWriter> {
     w_->cv.notify_one();
   }
 
-  // send(token, parts): parts are Buffers/Uint8Arrays and [fd, position, length] arrays.
+  // send(batch): units one after the other, each as token, part count, parts; a part is a
+  // Uint8Array, or three numbers fd, position, length for a file range.
   Napi::Value Send(const Napi::CallbackInfo& info) {
-    Unit u{info[0].As<Napi::Number>().Uint32Value(), {}};
-    Napi::Array parts = info[1].As<Napi::Array>();
-    for (uint32_t i = 0; i < parts.Length(); i++) {
-      Napi::Value p = parts.Get(i);
-      if (p.IsTypedArray()) {
-        auto a = p.As<Napi::Uint8Array>();
-        if (a.ByteLength() > 0) u.segments.push_back({a.Data(), -1, 0, a.ByteLength()});
-      } else {
-        auto r = p.As<Napi::Array>();
-        int64_t length = r.Get(2u).As<Napi::Number>().Int64Value();
-        if (length > 0) {
-          u.segments.push_back({nullptr, r.Get(0u).As<Napi::Number>().Int32Value(), r.Get(1u).As<Napi::Number>().Int64Value(),
-                                static_cast<size_t>(length)});
+    Napi::Env env = info.Env();
+    Napi::Array batch = info[0].As<Napi::Array>();
+    std::deque<Unit> units;
+    auto number = [&](uint32_t i) { return i < batch.Length() ? batch.Get(i).As<Napi::Number>().Int64Value() : -1; };
+    for (uint32_t i = 0; i < batch.Length();) {
+      Unit u{static_cast<uint32_t>(number(i)), {}};
+      int64_t count = number(i + 1);
+      i += 2;
+      for (int64_t k = 0; k < count && i < batch.Length(); k++) {
+        Napi::Value p = batch.Get(i);
+        if (p.IsTypedArray()) {
+          auto a = p.As<Napi::Uint8Array>();
+          if (a.ByteLength() > 0) u.segments.push_back({a.Data(), -1, 0, a.ByteLength()});
+          i += 1;
+        } else {
+          int64_t fd = number(i), position = number(i + 1), length = number(i + 2);
+          if (fd < 0 || position < 0 || length < 0) {
+            Napi::TypeError::New(env, "SpliceWriter: bad file range").ThrowAsJavaScriptException();
+            return env.Undefined();
+          }
+          if (length > 0) u.segments.push_back({nullptr, static_cast<int>(fd), position, static_cast<size_t>(length)});
+          i += 3;
         }
       }
+      units.push_back(std::move(u));
     }
-    std::lock_guard<std::mutex> lock(w_->m);
-    if (w_->ending || w_->aborting) {
-      Napi::Error::New(info.Env(), "SpliceWriter: send after end").ThrowAsJavaScriptException();
-      return info.Env().Undefined();
+    std::vector<uint32_t> sent;
+    {
+      std::lock_guard<std::mutex> lock(w_->m);
+      if (w_->ending || w_->aborting) {
+        Napi::Error::New(env, "SpliceWriter: send after end").ThrowAsJavaScriptException();
+        return env.Undefined();
+      }
+      for (Unit& u : units) {
+        if (w_->queue.empty() && !w_->busy && !w_->broken && WriteNow(u)) {
+          sent.push_back(u.token);
+          continue;
+        }
+        w_->queue.push_back(std::move(u));
+      }
+      if (!w_->queue.empty()) w_->cv.notify_one();
     }
-    w_->queue.push_back(std::move(u));
-    w_->cv.notify_one();
-    return info.Env().Undefined();
+    Napi::Array tokens = Napi::Array::New(env, sent.size());
+    for (size_t i = 0; i < sent.size(); i++) tokens.Set(i, sent[i]);
+    return tokens;
+  }
+
+  // With the thread idle, a unit of buffers alone (most replies but reads) is written at once:
+  // handing it over would cost a wake-up worth more than the write. True when all of it went;
+  // otherwise the unit keeps what is left, for the thread.
+  bool WriteNow(Unit& u) {
+    iovec iov[64];
+    if (u.segments.size() > 64) return false;
+    size_t total = 0;
+    for (size_t i = 0; i < u.segments.size(); i++) {
+      if (!u.segments[i].data) return false;
+      iov[i] = {const_cast<uint8_t*>(u.segments[i].data), u.segments[i].length};
+      total += u.segments[i].length;
+    }
+    msghdr msg{};
+    msg.msg_iov = iov;
+    msg.msg_iovlen = u.segments.size();
+    ssize_t n = sendmsg(w_->sock, &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
+    if (n < 0) return false;  // the thread will wait for room, or meet the error and report it
+    if (static_cast<size_t>(n) == total) return true;
+    while (n > 0) {
+      Segment& s = u.segments.front();
+      size_t k = std::min(static_cast<size_t>(n), s.length);
+      s.data += k;
+      s.length -= k;
+      n -= k;
+      if (s.length == 0) u.segments.erase(u.segments.begin());
+    }
+    return false;
   }
 
   // end(): the thread sends what is queued, reports closed and exits.

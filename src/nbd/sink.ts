@@ -82,7 +82,11 @@ export class StreamSink implements ReplySink {
 }
 
 interface NativeSpliceWriter {
-  send(token: number, parts: (Uint8Array | number[])[]): void;
+  /**
+   * Units one after the other: token, part count, then each part as a Uint8Array or as fd,
+   * position, length. Returns the tokens of units written at once (not reported later).
+   */
+  send(batch: (number | Uint8Array)[]): number[];
   end(): void;
   abort(): void;
 }
@@ -99,6 +103,8 @@ export class SpliceSink implements ReplySink {
   private readonly pending = new Map<number, { parts: ReplyPart[]; done?: () => void }>();
   private next = 0;
   private closed = false;
+  /** Units queued in this event-loop iteration, handed to the thread together in the check phase. */
+  private batch: (number | Uint8Array)[] = [];
   private readonly finished: Promise<void>;
 
   constructor(
@@ -109,17 +115,14 @@ export class SpliceSink implements ReplySink {
     this.finished = new Promise((r) => (close = r));
     const Writer = (nativeSys() as unknown as { SpliceWriter: SpliceWriterClass }).SpliceWriter;
     this.writer = new Writer(fd, (tokens, error, closed) => {
-      for (const t of tokens) {
-        const unit = this.pending.get(t);
-        this.pending.delete(t);
-        unit?.done?.();
-      }
+      this.complete(tokens);
       // The client went away or the image could not be read mid-reply: nothing more can be sent.
       if (error !== undefined && !socket.destroyed) socket.destroy();
       if (closed) close();
     });
   }
 
+  /** Waking the thread costs more than a small reply: a loop iteration's replies go to it at once. */
   send(parts: ReplyPart[], done?: () => void): void {
     if (this.closed || this.socket.destroyed) {
       done?.();
@@ -128,10 +131,27 @@ export class SpliceSink implements ReplySink {
     const token = this.next;
     this.next = (this.next + 1) >>> 0;
     this.pending.set(token, { parts, done });
-    this.writer.send(
-      token,
-      parts.map((p) => (p instanceof Uint8Array ? p : [p.fd, p.position, p.length])),
-    );
+    if (this.batch.length === 0) setImmediate(() => this.flush());
+    this.batch.push(token, parts.length);
+    for (const p of parts) {
+      if (p instanceof Uint8Array) this.batch.push(p);
+      else this.batch.push(p.fd, p.position, p.length);
+    }
+  }
+
+  private flush(): void {
+    if (this.batch.length === 0 || this.closed) return;
+    const sent = this.writer.send(this.batch);
+    this.batch = [];
+    this.complete(sent);
+  }
+
+  private complete(tokens: number[]): void {
+    for (const t of tokens) {
+      const unit = this.pending.get(t);
+      this.pending.delete(t);
+      unit?.done?.();
+    }
   }
 
   async end(): Promise<void> {
@@ -147,6 +167,7 @@ export class SpliceSink implements ReplySink {
 
   private stop(abort: boolean): void {
     if (this.closed) return;
+    this.flush(); // aborted, the thread still reports these units (failed): their callers are waiting
     this.closed = true;
     if (abort) this.writer.abort();
     else this.writer.end();
