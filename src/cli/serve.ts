@@ -41,11 +41,13 @@ async function tlsArg(opts: Record<string, unknown>): Promise<TlsConfig | undefi
   const mode = opts.tls as string | undefined;
   if (mode !== undefined && mode !== 'require' && mode !== 'allow') throw new ImageError('INVALID_ARGUMENT', `--tls must be require or allow, not '${mode}'`);
   if (opts.tlsCreds !== undefined && opts.tlsPsk !== undefined) throw new ImageError('INVALID_ARGUMENT', '--tls-creds and --tls-psk exclude each other');
+  if (opts.tlsVerifyPeer && opts.tlsCreds === undefined) throw new ImageError('INVALID_ARGUMENT', '--tls-verify-peer needs --tls-creds (X.509)');
   if (opts.tlsCreds === undefined && opts.tlsPsk === undefined) {
     if (mode) throw new ImageError('INVALID_ARGUMENT', '--tls needs --tls-creds or --tls-psk');
     return undefined;
   }
-  const options = opts.tlsCreds !== undefined ? await x509Credentials(opts.tlsCreds as string) : await pskCredentials(opts.tlsPsk as string);
+  const options =
+    opts.tlsCreds !== undefined ? await x509Credentials(opts.tlsCreds as string, !!opts.tlsVerifyPeer) : await pskCredentials(opts.tlsPsk as string);
   return { required: mode !== 'allow', options };
 }
 
@@ -75,6 +77,7 @@ export function register(program: Command): void {
     .option('-D, --description <text>', 'export description (repeat for several images)', collect)
     .option('-l <snapshot>', 'serve this internal snapshot (read-only)')
     .option('--tls-creds <dir>', 'X.509 credentials: server-cert.pem, server-key.pem [, ca-cert.pem]')
+    .option('--tls-verify-peer', 'X.509: clients must present a certificate signed by ca-cert.pem')
     .option('--tls-psk <file>', 'pre-shared keys, "identity:hexkey" per line')
     .option('--tls <mode>', 'require (default with credentials) or allow')
     .option('-e, --shared <n>', 'most clients at once (0: no limit)', '1')

@@ -28,13 +28,17 @@ async function readCred(file: string, optional = false): Promise<Buffer | undefi
   }
 }
 
-/** X.509 server credentials from `dir` (qemu's file names). */
-export async function x509Credentials(dir: string): Promise<tls.TLSSocketOptions> {
+/**
+ * X.509 server credentials from `dir` (qemu's file names). With `verifyPeer` (qemu's
+ * verify-peer=on) a client must present a certificate that ca-cert.pem signed.
+ */
+export async function x509Credentials(dir: string, verifyPeer = false): Promise<tls.TLSSocketOptions> {
   const cert = await readCred(path.join(dir, 'server-cert.pem'));
   const key = await readCred(path.join(dir, 'server-key.pem'));
-  const ca = await readCred(path.join(dir, 'ca-cert.pem'), true);
+  const ca = await readCred(path.join(dir, 'ca-cert.pem'), !verifyPeer);
   try {
-    return { secureContext: tls.createSecureContext({ cert, key, ca, minVersion: 'TLSv1.2' }) };
+    const secureContext = tls.createSecureContext({ cert, key, ca, minVersion: 'TLSv1.2' });
+    return verifyPeer ? { secureContext, requestCert: true, rejectUnauthorized: true } : { secureContext };
   } catch (err) {
     throw new ImageError('INVALID_ARGUMENT', `unusable TLS credentials: ${(err as Error).message}`, { file: dir, cause: err });
   }
