@@ -103,6 +103,7 @@ write_case() {
     while [ $r -lt "$RUNS" ]; do
       rm -f "$target"
       qemu-img create -q -f "$fmt" "$target" 1G
+      sync # the previous run's dirty pages would throttle this one's writes
       start "$server" "$fmt" "$target"
       t0=$(now)
       c0=$(cpu)

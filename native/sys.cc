@@ -77,7 +77,16 @@ Napi::Value PreadNoWait(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, static_cast<double>(r));
 }
 
+// dup(fd): a new descriptor (close-on-exec) for the same open file.
+Napi::Value Dup(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int r = fcntl(static_cast<int>(ArgInt(info, 0)), F_DUPFD_CLOEXEC, 0);
+  if (r < 0) return ThrowErrno(env, "dup", errno);
+  return Napi::Number::New(env, r);
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  exports.Set("dup", Napi::Function::New(env, Dup));
   exports.Set("fallocate", Napi::Function::New(env, Fallocate));
   exports.Set("seek", Napi::Function::New(env, Seek));
   exports.Set("preadNoWait", Napi::Function::New(env, PreadNoWait));

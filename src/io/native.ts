@@ -10,6 +10,8 @@ export interface NativeSys {
    * -1 when the data is not all in the page cache or the file system cannot tell.
    */
   preadNoWait(fd: number, into: Uint8Array, position: number): number;
+  /** A new close-on-exec descriptor for the same open file (fcntl F_DUPFD_CLOEXEC). */
+  dup(fd: number): number;
   SEEK_DATA: number;
   SEEK_HOLE: number;
   FALLOC_FL_KEEP_SIZE: number;

@@ -101,10 +101,11 @@ function infoReply(option: number, type: number, body: Buffer): Buffer {
   return P.optionReply(option, P.NBD_REP_INFO, b);
 }
 
-/** Runs option haggling; resolves with the chosen export, or null once the session is over. */
-export async function serverHandshake(socket: Socket, env: HandshakeEnv): Promise<Negotiated | null> {
+/** Runs option haggling on a socket's reader; resolves with the chosen export, or null once the session is over. */
+export async function serverHandshake(first: ByteReader, env: HandshakeEnv): Promise<Negotiated | null> {
+  let reader = first;
+  const socket = reader.stream as Socket;
   let stream: Duplex = socket;
-  let reader = new ByteReader(socket);
   let tlsActive = false;
   let structured = false;
   let meta: { exportName: string; contexts: string[] } | null = null;

@@ -9,6 +9,7 @@ import { ImageError } from '../block/errors';
 import { Connection } from './connection';
 import { NbdExport } from './export';
 import { serverHandshake } from './handshake';
+import { ByteReader } from './reader';
 import { TlsConfig } from './tls';
 
 /** A client must finish option haggling within this time (as qemu-nbd's handshake limit). */
@@ -85,27 +86,30 @@ export class NbdServer {
     this.resolveFinished();
   }
 
-  private accept(socket: net.Socket): void {
-    socket.on('error', () => undefined); // a reset peer ends its session, nothing more
+  private accept(accepted: net.Socket): void {
     const max = this.opts.maxConnections;
     if (this.stopping || (max > 0 && this.sockets.size >= max)) {
-      socket.destroy();
+      accepted.destroy();
       return;
     }
+    const reader = ByteReader.adopt(accepted);
+    const socket = reader.stream as net.Socket;
+    socket.on('error', () => undefined); // a reset peer ends its session, nothing more
     this.sockets.add(socket);
     this.served = true;
     socket.setNoDelay(true);
     socket.setTimeout(HANDSHAKE_TIMEOUT_MS, () => socket.destroy());
-    void this.session(socket).finally(() => {
+    void this.session(reader).finally(() => {
       socket.destroy();
       this.sockets.delete(socket);
       if (!this.opts.persistent && this.served && this.sockets.size === 0) this.resolveFinished();
     });
   }
 
-  private async session(socket: net.Socket): Promise<void> {
+  private async session(reader: ByteReader): Promise<void> {
+    const socket = reader.stream as net.Socket;
     try {
-      const negotiated = await serverHandshake(socket, {
+      const negotiated = await serverHandshake(reader, {
         exports: this.opts.exports,
         tls: this.opts.tls,
         shuttingDown: () => this.stopping,

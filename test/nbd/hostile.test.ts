@@ -188,6 +188,47 @@ describe('img serve with hostile clients', () => {
     p.close();
   });
 
+  it('reads large write payloads into place however the client cuts them, and survives one cut short', async () => {
+    const region = 3 * MiB;
+    const fresh = randomBytes(prng(11), MiB);
+    const readBack = async (p: RawPeer, cookie: bigint) => {
+      p.request(P.NBD_CMD_READ, cookie, region, MiB);
+      return (await p.simpleReply(MiB)).data!;
+    };
+    // A 512 KiB write dribbled out: the header and first bytes one at a time, then 7 KiB slices.
+    const p = await simplePeer();
+    const bytes = Buffer.concat([P.requestHeader(0, P.NBD_CMD_WRITE, 1n, region, 512 * 1024), fresh.subarray(0, 512 * 1024)]);
+    for (let at = 0; at < bytes.byteLength; ) {
+      const n = at < P.REQUEST_HEADER_SIZE + 10 ? 1 : 7 * 1024;
+      p.send(bytes.subarray(at, at + n));
+      at += n;
+      await new Promise((r) => setImmediate(r));
+    }
+    assert.deepEqual(await p.simpleReply(), { cookie: 1n, error: 0 });
+    // Two 256 KiB writes and a read in one send: the second payload starts in the first's read.
+    const second = fresh.subarray(512 * 1024);
+    p.send(
+      Buffer.concat([
+        P.requestHeader(0, P.NBD_CMD_WRITE, 2n, region + 512 * 1024, 256 * 1024),
+        second.subarray(0, 256 * 1024),
+        P.requestHeader(0, P.NBD_CMD_WRITE, 3n, region + 768 * 1024, 256 * 1024),
+        second.subarray(256 * 1024),
+      ]),
+    );
+    assert.equal((await p.simpleReply()).error, 0);
+    assert.equal((await p.simpleReply()).error, 0);
+    assert.ok((await readBack(p, 4n)).equals(fresh));
+    // A client that dies halfway through a payload: nothing of it is written.
+    const q = await simplePeer();
+    q.send(Buffer.concat([P.requestHeader(0, P.NBD_CMD_WRITE, 1n, region, MiB), Buffer.alloc(300 * 1024, 0xee)]));
+    await new Promise((r) => setTimeout(r, 50));
+    q.close();
+    assert.ok((await readBack(p, 5n)).equals(fresh));
+    p.request(P.NBD_CMD_WRITE, 6n, region, MiB, 0, content.subarray(region, region + MiB)); // as the other tests expect
+    assert.equal((await p.simpleReply()).error, 0);
+    p.close();
+  });
+
   it('disconnects on a bad request magic and survives truncated requests', async () => {
     const p = await simplePeer();
     p.send(Buffer.alloc(P.REQUEST_HEADER_SIZE, 0x55));
