@@ -9,10 +9,11 @@
  * unless tls-hostname names one: the socket's file permissions already pick the peer. (libnbd
  * does not verify the peer at all on unix sockets by default; img is stricter.)
  */
+import * as fs from 'node:fs/promises';
 import { isIP, Socket } from 'node:net';
 import * as path from 'node:path';
 import * as tls from 'node:tls';
-import { ImageError } from '../block/errors';
+import { ImageError, fromSystemError } from '../block/errors';
 import { PSK_CIPHERS, parsePskFile, readCred, tlsHandshake, tlsReason } from './tls';
 import { NbdTls } from './uri';
 
@@ -31,6 +32,7 @@ async function pskOptions(t: NbdTls, file: string): Promise<tls.ConnectionOption
 
 async function x509Options(t: NbdTls): Promise<tls.ConnectionOptions> {
   const dir = t.certificates;
+  if (dir) await fs.stat(dir).catch((err) => Promise.reject(fromSystemError(err, dir))); // a typo must not mean "the system's CAs"
   const ca = dir ? await readCred(path.join(dir, 'ca-cert.pem'), true) : undefined;
   const cert = dir ? await readCred(path.join(dir, 'client-cert.pem'), true) : undefined;
   const key = cert ? await readCred(path.join(dir!, 'client-key.pem')) : undefined;
@@ -57,7 +59,9 @@ export async function startTls(socket: Socket, options: tls.ConnectionOptions): 
     return await tlsHandshake(tls.connect({ ...options, socket }), 'secureConnect');
   } catch (err) {
     const cause = (err as ImageError).cause as NodeJS.ErrnoException | undefined;
-    if (cause?.code && /CERT|VERIFY|SELF_SIGNED|ALTNAME|ISSUER/.test(cause.code)) {
+    // Node's verification codes (SELF_SIGNED_CERT_IN_CHAIN, ERR_TLS_CERT_ALTNAME_INVALID, …), not
+    // OpenSSL alerts from the server (ERR_SSL_SSLV3_ALERT_BAD_CERTIFICATE: it refused ours).
+    if (cause?.code && !cause.code.startsWith('ERR_SSL_') && /CERT|VERIFY|SELF_SIGNED|ISSUER/.test(cause.code)) {
       throw new ImageError('IO', `the server's TLS certificate does not verify: ${cause.message}`, { cause: err });
     }
     if (options.pskCallback) throw new ImageError('IO', `TLS handshake with the pre-shared key failed (wrong key or username?): ${tlsReason(cause ?? (err as Error))}`, { cause: err });
