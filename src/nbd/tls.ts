@@ -82,9 +82,12 @@ export function tlsHandshake(secure: tls.TLSSocket, event: 'secure' | 'secureCon
     };
     const closed = () => fail(new Error('connection closed'));
     secure.once('error', fail);
+    // A half-open socket (the server's) gives 'end' alone when the peer leaves mid-handshake.
+    secure.once('end', closed);
     secure.once('close', closed);
     secure.once(event, () => {
       secure.off('error', fail);
+      secure.off('end', closed);
       secure.off('close', closed);
       resolve(secure);
     });

@@ -86,6 +86,15 @@ describe('nbds:// with X.509 certificates', () => {
     failsWith(img('convert', '-O', 'raw', `nbds://localhost:${t.port}/?tls-certificates=${stranger.client}`, out), /certificate does not verify: self-signed certificate in certificate chain/);
     assert.equal(fs.existsSync(out), false);
     failsWith(img('info', `nbds://localhost:${t.port}/?tls-certificates=${t.pki.client}&tls-hostname=other.example`), /certificate does not verify: .*other\.example/);
+    // A client that leaves right after the TLS handshake frees the only place of a --shared 1 server.
+    const single = await imgServe(['--port', '0', '--tls-creds', t.pki.server, '--persistent', '--read-only', t.file]);
+    try {
+      const uri = `nbds://localhost:${portOf(single.uris[0])}/?tls-certificates=`;
+      failsWith(img('info', uri + stranger.client), /certificate does not verify/);
+      assert.equal(img('info', uri + t.pki.client).status, 0);
+    } finally {
+      assert.equal(await single.stop(), 0);
+    }
     failsWith(img('info', `nbd://localhost:${t.port}/`), /the server requires TLS: use an nbds:\/\//);
     failsWith(img('info', `nbds://localhost:${t.port}/?tls-certificates=${path.join(t.dir, 'nope')}`), /nope: no such file/);
     const plain = await imgServe(['--port', '0', '--shared', '0', '--persistent', '--read-only', t.file]);
