@@ -1,12 +1,14 @@
 /**
  * The client side of fixed newstyle negotiation: structured replies, the base:allocation
  * context, then NBD_OPT_GO with a block-size request (NBD_OPT_EXPORT_NAME for servers
- * without NBD_OPT_GO). Every server reply is checked before it sizes anything.
+ * without NBD_OPT_GO). Every server reply is checked before it sizes anything. An nbds URI
+ * first upgrades the connection with NBD_OPT_STARTTLS and never falls back to plaintext.
  */
 import * as net from 'node:net';
 import { ImageError } from '../block/errors';
 import { be16, be32, be64, be64n, setBe16, setBe32 } from '../io/bytes';
 import * as P from './protocol';
+import { clientTlsOptions, startTls } from './client-tls';
 import { ByteReader } from './reader';
 import { NbdAddress } from './uri';
 
@@ -41,9 +43,10 @@ function connect(addr: NbdAddress, what: string): Promise<net.Socket> {
 }
 
 export async function clientHandshake(addr: NbdAddress, uri: string): Promise<ClientSession> {
-  const socket = await connect(addr, uri);
+  const tlsOptions = addr.tls && (await clientTlsOptions(addr.tls));
+  let socket = await connect(addr, uri);
   socket.on('error', () => undefined); // surfaced through the reader
-  const reader = new ByteReader(socket);
+  let reader = new ByteReader(socket);
   const fail = (message: string, code: 'IO' | 'NOT_FOUND' | 'UNSUPPORTED' = 'IO'): never => {
     socket.destroy();
     throw new ImageError(code, message, { file: uri });
@@ -73,6 +76,13 @@ export async function clientHandshake(addr: NbdAddress, uri: string): Promise<Cl
       }
     };
 
+    if (tlsOptions) {
+      const r = await option(P.NBD_OPT_STARTTLS);
+      if (r.final !== P.NBD_REP_ACK) fail(`the server does not support TLS (NBD_OPT_STARTTLS refused${r.message ? `: ${r.message}` : ''})`, 'UNSUPPORTED');
+      if (reader.detach() !== 0) fail('the server sent data after accepting NBD_OPT_STARTTLS');
+      socket = await startTls(socket, tlsOptions);
+      reader = new ByteReader(socket);
+    }
     const session: ClientSession = { socket, reader, size: 0, flags: 0, structured: false, minimumBlock: 1, preferredBlock: 4096, maxPayload: P.MAX_PAYLOAD };
     session.structured = (await option(P.NBD_OPT_STRUCTURED_REPLY)).final === P.NBD_REP_ACK;
     const name = Buffer.from(addr.name, 'utf8');
@@ -99,7 +109,7 @@ export async function clientHandshake(addr: NbdAddress, uri: string): Promise<Cl
       return session;
     }
     if (r.final === P.NBD_REP_ERR_UNKNOWN) fail(`the server has no export named '${addr.name}'${r.message ? `: ${r.message}` : ''}`, 'NOT_FOUND');
-    if (r.final === P.NBD_REP_ERR_TLS_REQD) fail('the server requires TLS, which img does not speak as a client', 'UNSUPPORTED');
+    if (r.final === P.NBD_REP_ERR_TLS_REQD) fail('the server requires TLS: use an nbds:// or nbds+unix:// URI', 'UNSUPPORTED');
     if (r.final !== P.NBD_REP_ACK) fail(`the server refused the export (reply 0x${r.final.toString(16)})${r.message ? `: ${r.message}` : ''}`);
     for (const rep of r.replies) {
       if (rep.type !== P.NBD_REP_INFO || rep.data.byteLength < 2) continue;

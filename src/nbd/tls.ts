@@ -17,9 +17,10 @@ export interface TlsConfig {
 }
 
 /** PSK needs TLS 1.2 cipher suites in node:tls; these are the ones GnuTLS clients offer. */
-const PSK_CIPHERS = 'ECDHE-PSK-AES256-CBC-SHA384:ECDHE-PSK-AES128-CBC-SHA256:DHE-PSK-AES256-GCM-SHA384:DHE-PSK-AES128-GCM-SHA256:PSK-AES256-GCM-SHA384:PSK-AES128-GCM-SHA256';
+export const PSK_CIPHERS = 'ECDHE-PSK-AES256-CBC-SHA384:ECDHE-PSK-AES128-CBC-SHA256:DHE-PSK-AES256-GCM-SHA384:DHE-PSK-AES128-GCM-SHA256:PSK-AES256-GCM-SHA384:PSK-AES128-GCM-SHA256';
 
-async function readCred(file: string, optional = false): Promise<Buffer | undefined> {
+/** Reads one credential file; an optional one that is missing gives undefined. */
+export async function readCred(file: string, optional = false): Promise<Buffer | undefined> {
   try {
     return await fs.readFile(file);
   } catch (err) {
@@ -71,21 +72,33 @@ export async function pskCredentials(file: string): Promise<tls.TLSSocketOptions
   } as tls.TLSSocketOptions;
 }
 
-/** Runs the server side of the TLS handshake on `socket`; resolves once it is secure. */
-export function upgradeToTls(socket: Socket, options: tls.TLSSocketOptions): Promise<tls.TLSSocket> {
+/** The reason in OpenSSL's "…:error:0A0003FC:SSL routines:func:reason:file:line:…" messages. */
+export function tlsReason(err: Error): string {
+  return /:SSL routines:[^:]*:([^:]+):/.exec(err.message)?.[1] ?? err.message;
+}
+
+/** Resolves with `secure` once its handshake (`event`: 'secure' on a server, 'secureConnect' on a client) is done. */
+export function tlsHandshake(secure: tls.TLSSocket, event: 'secure' | 'secureConnect'): Promise<tls.TLSSocket> {
   return new Promise((resolve, reject) => {
-    const secure = new tls.TLSSocket(socket, { ...options, isServer: true });
     const fail = (err: Error) => {
       secure.destroy();
-      reject(new ImageError('IO', `TLS handshake failed: ${err.message}`, { cause: err }));
+      reject(new ImageError('IO', `TLS handshake failed: ${tlsReason(err)}`, { cause: err }));
     };
     const closed = () => fail(new Error('connection closed'));
     secure.once('error', fail);
+    // A half-open socket (the server's) gives 'end' alone when the peer leaves mid-handshake.
+    secure.once('end', closed);
     secure.once('close', closed);
-    secure.once('secure', () => {
+    secure.once(event, () => {
       secure.off('error', fail);
+      secure.off('end', closed);
       secure.off('close', closed);
       resolve(secure);
     });
   });
+}
+
+/** Runs the server side of the TLS handshake on `socket`; resolves once it is secure. */
+export function upgradeToTls(socket: Socket, options: tls.TLSSocketOptions): Promise<tls.TLSSocket> {
+  return tlsHandshake(new tls.TLSSocket(socket, { ...options, isServer: true }), 'secure');
 }

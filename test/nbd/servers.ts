@@ -84,6 +84,9 @@ export async function qemuNbd(dir: string, args: string[]): Promise<Served & { u
   };
 }
 
+/** The port of an nbd://host:port/ URI as img serve prints it. */
+export const portOf = (uri: string): string => /:(\d+)\//.exec(uri)![1];
+
 /** Runs a command and throws with its stderr unless it succeeds. */
 export function must(cmd: string, ...args: string[]): string {
   const r = spawnSync(cmd, args, { encoding: 'utf8', maxBuffer: 64 << 20 });

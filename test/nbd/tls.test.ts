@@ -7,39 +7,12 @@ import * as assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { after, before, describe, it } from 'node:test';
+import { describe, it } from 'node:test';
 import { img, run, tempDir } from '../helpers';
-import { imgServe, must, Served } from './servers';
+import { makeImage, servedWithTls } from './pki';
+import { imgServe, must, portOf } from './servers';
 
 const MiB = 1 << 20;
-
-/** A CA, and a server certificate for localhost signed by it, in qemu's directory layout. */
-function makePki(dir: string): { server: string; client: string } {
-  const server = path.join(dir, 'server');
-  const client = path.join(dir, 'client');
-  fs.mkdirSync(server);
-  fs.mkdirSync(client);
-  const ca = path.join(dir, 'ca-cert.pem');
-  const caKey = path.join(dir, 'ca-key.pem');
-  must('openssl', 'req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', caKey, '-out', ca, '-days', '2', '-subj', '/CN=img test CA');
-  const csr = path.join(dir, 'server.csr');
-  must('openssl', 'req', '-newkey', 'rsa:2048', '-nodes', '-keyout', path.join(server, 'server-key.pem'), '-out', csr, '-subj', '/CN=localhost');
-  const ext = path.join(dir, 'ext.cnf');
-  fs.writeFileSync(ext, 'subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\nkeyUsage=digitalSignature,keyEncipherment\n');
-  must('openssl', 'x509', '-req', '-in', csr, '-CA', ca, '-CAkey', caKey, '-CAcreateserial', '-out', path.join(server, 'server-cert.pem'), '-days', '2', '-extfile', ext);
-  fs.copyFileSync(ca, path.join(server, 'ca-cert.pem'));
-  fs.copyFileSync(ca, path.join(client, 'ca-cert.pem'));
-  return { server, client };
-}
-
-function makeImage(dir: string): string {
-  const file = path.join(dir, 'disk.qcow2');
-  must('qemu-img', 'create', '-q', '-f', 'qcow2', file, '16M');
-  must('qemu-io', '-f', 'qcow2', '-c', 'write -P 0x5a 1M 3M', file);
-  return file;
-}
-
-const portOf = (uri: string): string => /:(\d+)\//.exec(uri)![1];
 
 /** qemu-img info through a TLS object; returns the parsed JSON. */
 function qemuInfo(object: string, port: string): Record<string, unknown> {
@@ -48,41 +21,27 @@ function qemuInfo(object: string, port: string): Record<string, unknown> {
 }
 
 describe('img serve --tls-creds (X.509)', () => {
-  const dir = tempDir('img-nbd-tls-');
-  let pki: { server: string; client: string };
-  let file: string;
-  let server: Served;
-  let port: string;
-
-  before(async () => {
-    pki = makePki(dir);
-    file = makeImage(dir);
-    server = await imgServe(['--port', '0', '--tls-creds', pki.server, '--shared', '0', '--persistent', file]);
-    port = portOf(server.uris[0]);
-  });
-  after(async () => {
-    assert.equal(await server.stop(), 0);
-  });
+  const t = servedWithTls('img-nbd-tls-', 'x509');
 
   it('nbdinfo and nbdcopy connect with TLS and read the image', () => {
-    const uri = `nbds://localhost:${port}/?tls-certificates=${pki.client}`;
+    const uri = `nbds://localhost:${t.port}/?tls-certificates=${t.pki.client}`;
     const info = JSON.parse(must('nbdinfo', '--json', uri));
     assert.equal(info.TLS, true);
     assert.equal(info.exports[0]['export-size'], 16 * MiB);
-    const out = path.join(dir, 'out.raw');
+    const out = path.join(t.dir, 'out.raw');
     must('nbdcopy', uri, out);
-    assert.match(must('qemu-img', 'compare', '-f', 'raw', out, file), /identical/);
+    assert.match(must('qemu-img', 'compare', '-f', 'raw', out, t.file), /identical/);
   });
 
   it('qemu-img reads it with tls-creds-x509', () => {
-    const info = qemuInfo(`tls-creds-x509,id=tls0,dir=${pki.client},endpoint=client`, port);
+    const info = qemuInfo(`tls-creds-x509,id=tls0,dir=${t.pki.client},endpoint=client`, t.port);
     assert.equal(info['virtual-size'], 16 * MiB);
   });
 
   it('refuses plaintext clients', () => {
-    const r = run('nbdinfo', [`nbd://localhost:${port}/`]);
+    const r = run('nbdinfo', [`nbd://localhost:${t.port}/`]);
     assert.notEqual(r.status, 0);
-    assert.notEqual(run('qemu-img', ['info', `nbd://localhost:${port}/`]).status, 0);
+    assert.notEqual(run('qemu-img', ['info', `nbd://localhost:${t.port}/`]).status, 0);
   });
 });
 
@@ -145,41 +104,24 @@ describe('img serve --tls-creds --tls-verify-peer', () => {
 });
 
 describe('img serve --tls-psk', () => {
-  const dir = tempDir('img-nbd-psk-');
-  let file: string;
-  let keys: string;
-  let server: Served;
-  let port: string;
-
-  before(async () => {
-    file = makeImage(dir);
-    const pskDir = path.join(dir, 'psk');
-    fs.mkdirSync(pskDir);
-    keys = path.join(pskDir, 'keys.psk');
-    fs.writeFileSync(keys, `alice:${randomBytes(32).toString('hex')}\n`);
-    server = await imgServe(['--port', '0', '--tls-psk', keys, '--shared', '0', '--persistent', file]);
-    port = portOf(server.uris[0]);
-  });
-  after(async () => {
-    assert.equal(await server.stop(), 0);
-  });
+  const t = servedWithTls('img-nbd-psk-', 'psk');
 
   it('nbdinfo and qemu-img connect with the key', () => {
-    const info = JSON.parse(must('nbdinfo', '--json', `nbds://alice@localhost:${port}/?tls-psk-file=${keys}`));
+    const info = JSON.parse(must('nbdinfo', '--json', `nbds://alice@localhost:${t.port}/?tls-psk-file=${t.keys}`));
     assert.equal(info.TLS, true);
     assert.equal(info.exports[0]['export-size'], 16 * MiB);
-    const q = qemuInfo(`tls-creds-psk,id=tls0,dir=${path.dirname(keys)},username=alice,endpoint=client`, port);
+    const q = qemuInfo(`tls-creds-psk,id=tls0,dir=${path.dirname(t.keys)},username=alice,endpoint=client`, t.port);
     assert.equal(q['virtual-size'], 16 * MiB);
   });
 
   it('refuses a wrong key, an unknown identity and plaintext', () => {
-    const wrong = path.join(dir, 'wrong.psk');
+    const wrong = path.join(t.dir, 'wrong.psk');
     fs.writeFileSync(wrong, `alice:${randomBytes(32).toString('hex')}\nmallory:${randomBytes(32).toString('hex')}\n`);
-    assert.notEqual(run('nbdinfo', [`nbds://alice@localhost:${port}/?tls-psk-file=${wrong}`]).status, 0);
-    assert.notEqual(run('nbdinfo', [`nbds://mallory@localhost:${port}/?tls-psk-file=${wrong}`]).status, 0);
-    assert.notEqual(run('nbdinfo', [`nbd://localhost:${port}/`]).status, 0);
+    assert.notEqual(run('nbdinfo', [`nbds://alice@localhost:${t.port}/?tls-psk-file=${wrong}`]).status, 0);
+    assert.notEqual(run('nbdinfo', [`nbds://mallory@localhost:${t.port}/?tls-psk-file=${wrong}`]).status, 0);
+    assert.notEqual(run('nbdinfo', [`nbd://localhost:${t.port}/`]).status, 0);
     // The server is still there for the right key.
-    assert.equal(run('nbdinfo', [`nbds://alice@localhost:${port}/?tls-psk-file=${keys}`]).status, 0);
+    assert.equal(run('nbdinfo', [`nbds://alice@localhost:${t.port}/?tls-psk-file=${t.keys}`]).status, 0);
   });
 });
 
