@@ -10,6 +10,7 @@ import { be16, be32, be64, be64n, setBe16, setBe32 } from '../io/bytes';
 import * as P from './protocol';
 import { clientTlsOptions, startTls } from './client-tls';
 import { ByteReader } from './reader';
+import { tlsReason } from './tls';
 import { NbdAddress } from './uri';
 
 /** Option replies beyond this are a broken or hostile server. */
@@ -130,6 +131,14 @@ export async function clientHandshake(addr: NbdAddress, uri: string): Promise<Cl
     return session;
   } catch (err) {
     socket.destroy();
+    // TLS 1.3: a server that wants our certificate says so only after the handshake, on the first read.
+    const alert = err instanceof ImageError && (err.cause as NodeJS.ErrnoException | undefined)?.code;
+    if (alert === 'ERR_SSL_TLSV13_ALERT_CERTIFICATE_REQUIRED') {
+      throw new ImageError('IO', 'the server requires a client certificate: client-cert.pem and client-key.pem in the tls-certificates directory', { file: uri, cause: err });
+    }
+    if (tlsOptions && err instanceof ImageError && err.cause instanceof Error && /SSL routines/.test(err.cause.message)) {
+      throw new ImageError('IO', `TLS error: ${tlsReason(err.cause)}`, { file: uri, cause: err });
+    }
     throw err instanceof ImageError && !err.file ? new ImageError(err.code, err.message, { file: uri, cause: err }) : err;
   }
 }

@@ -29,6 +29,20 @@ export function makePki(dir: string): { server: string; client: string } {
   return { server, client };
 }
 
+/** A client certificate signed by the CA in `dir` (as makePki made it), in libnbd's and qemu's client layout. */
+export function makeClientCert(dir: string, name: string, caDir = dir): string {
+  const out = path.join(dir, name);
+  fs.mkdirSync(out);
+  const csr = path.join(dir, `${name}.csr`);
+  must('openssl', 'req', '-newkey', 'rsa:2048', '-nodes', '-keyout', path.join(out, 'client-key.pem'), '-out', csr, '-subj', `/CN=${name}`);
+  const ext = path.join(dir, `${name}.cnf`);
+  fs.writeFileSync(ext, 'extendedKeyUsage=clientAuth\nkeyUsage=digitalSignature,keyEncipherment\n');
+  const ca = path.join(caDir, 'ca-cert.pem');
+  must('openssl', 'x509', '-req', '-in', csr, '-CA', ca, '-CAkey', path.join(caDir, 'ca-key.pem'), '-CAcreateserial', '-out', path.join(out, 'client-cert.pem'), '-days', '2', '-extfile', ext);
+  fs.copyFileSync(path.join(dir, 'ca-cert.pem'), path.join(out, 'ca-cert.pem'));
+  return out;
+}
+
 export function makeImage(dir: string): string {
   const file = path.join(dir, 'disk.qcow2');
   must('qemu-img', 'create', '-q', '-f', 'qcow2', file, '16M');

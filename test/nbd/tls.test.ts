@@ -9,7 +9,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { describe, it } from 'node:test';
 import { img, run, tempDir } from '../helpers';
-import { makeImage, servedWithTls } from './pki';
+import { makeClientCert, makeImage, servedWithTls } from './pki';
 import { imgServe, must, portOf } from './servers';
 
 const MiB = 1 << 20;
@@ -45,60 +45,39 @@ describe('img serve --tls-creds (X.509)', () => {
   });
 });
 
-/** A client certificate signed by the CA in `dir` (as makePki made it), in libnbd's and qemu's client layout. */
-function makeClientCert(dir: string, name: string, caDir = dir): string {
-  const out = path.join(dir, name);
-  fs.mkdirSync(out);
-  const csr = path.join(dir, `${name}.csr`);
-  must('openssl', 'req', '-newkey', 'rsa:2048', '-nodes', '-keyout', path.join(out, 'client-key.pem'), '-out', csr, '-subj', `/CN=${name}`);
-  const ext = path.join(dir, `${name}.cnf`);
-  fs.writeFileSync(ext, 'extendedKeyUsage=clientAuth\nkeyUsage=digitalSignature,keyEncipherment\n');
-  const ca = path.join(caDir, 'ca-cert.pem');
-  must('openssl', 'x509', '-req', '-in', csr, '-CA', ca, '-CAkey', path.join(caDir, 'ca-key.pem'), '-CAcreateserial', '-out', path.join(out, 'client-cert.pem'), '-days', '2', '-extfile', ext);
-  fs.copyFileSync(path.join(dir, 'ca-cert.pem'), path.join(out, 'ca-cert.pem'));
-  return out;
-}
-
 describe('img serve --tls-creds --tls-verify-peer', () => {
-  const dir = tempDir('img-nbd-tls-peer-');
-  let pki: { server: string; client: string };
-  let server: Served;
-  let port: string;
+  const t = servedWithTls('img-nbd-tls-peer-', 'x509', ['--tls-verify-peer']);
 
-  before(async () => {
-    pki = makePki(dir);
-    server = await imgServe(['--port', '0', '--tls-creds', pki.server, '--tls-verify-peer', '--shared', '0', '--persistent', makeImage(dir)]);
-    port = portOf(server.uris[0]);
-  });
-  after(async () => {
-    assert.equal(await server.stop(), 0);
-  });
-
-  it('serves clients whose certificate the CA signed, nbdinfo and qemu-img alike', () => {
-    const alice = makeClientCert(dir, 'alice');
-    const info = JSON.parse(must('nbdinfo', '--json', `nbds://localhost:${port}/?tls-certificates=${alice}`));
+  it('serves clients whose certificate the CA signed: nbdinfo, qemu-img and img alike', () => {
+    const alice = makeClientCert(t.dir, 'alice');
+    const info = JSON.parse(must('nbdinfo', '--json', `nbds://localhost:${t.port}/?tls-certificates=${alice}`));
     assert.equal(info.exports[0]['export-size'], 16 * MiB);
-    assert.equal(qemuInfo(`tls-creds-x509,id=tls0,dir=${alice},endpoint=client`, port)['virtual-size'], 16 * MiB);
+    assert.equal(qemuInfo(`tls-creds-x509,id=tls0,dir=${alice},endpoint=client`, t.port)['virtual-size'], 16 * MiB);
+    const r = img('compare', '-f', 'qcow2', t.file, `nbds://localhost:${t.port}/?tls-certificates=${alice}`);
+    assert.equal(r.status, 0, r.stderr);
   });
 
   it('refuses clients without a certificate or with one another CA signed, and keeps serving', () => {
-    assert.notEqual(run('nbdinfo', ['--size', `nbds://localhost:${port}/?tls-certificates=${pki.client}`]).status, 0);
-    const other = path.join(dir, 'other');
+    assert.notEqual(run('nbdinfo', ['--size', `nbds://localhost:${t.port}/?tls-certificates=${t.pki.client}`]).status, 0);
+    const bare = img('info', `nbds://localhost:${t.port}/?tls-certificates=${t.pki.client}`);
+    assert.notEqual(bare.status, 0);
+    assert.match(bare.stderr, /^img: .*requires a client certificate.*\n$/);
+    const other = path.join(t.dir, 'other');
     fs.mkdirSync(other);
     must('openssl', 'req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', path.join(other, 'ca-key.pem'), '-out', path.join(other, 'ca-cert.pem'), '-days', '2', '-subj', '/CN=other CA');
-    const mallory = makeClientCert(dir, 'mallory', other);
-    assert.notEqual(run('nbdinfo', ['--size', `nbds://localhost:${port}/?tls-certificates=${mallory}`]).status, 0);
-    assert.equal(must('nbdinfo', '--size', `nbds://localhost:${port}/?tls-certificates=${path.join(dir, 'alice')}`).trim(), String(16 * MiB));
+    const mallory = makeClientCert(t.dir, 'mallory', other);
+    assert.notEqual(run('nbdinfo', ['--size', `nbds://localhost:${t.port}/?tls-certificates=${mallory}`]).status, 0);
+    assert.equal(must('nbdinfo', '--size', `nbds://localhost:${t.port}/?tls-certificates=${path.join(t.dir, 'alice')}`).trim(), String(16 * MiB));
   });
 
   it('needs X.509 credentials with a CA', () => {
-    const noCa = path.join(dir, 'no-ca');
+    const noCa = path.join(t.dir, 'no-ca');
     fs.mkdirSync(noCa);
-    for (const f of ['server-cert.pem', 'server-key.pem']) fs.copyFileSync(path.join(pki.server, f), path.join(noCa, f));
-    const r = img('serve', '--port', '0', '--tls-creds', noCa, '--tls-verify-peer', path.join(dir, 'disk.qcow2'));
+    for (const f of ['server-cert.pem', 'server-key.pem']) fs.copyFileSync(path.join(t.pki.server, f), path.join(noCa, f));
+    const r = img('serve', '--port', '0', '--tls-creds', noCa, '--tls-verify-peer', t.file);
     assert.equal(r.status, 1);
     assert.match(r.stderr, /^img: .*ca-cert\.pem/);
-    const p = img('serve', '--port', '0', '--tls-psk', path.join(dir, 'x.psk'), '--tls-verify-peer', path.join(dir, 'disk.qcow2'));
+    const p = img('serve', '--port', '0', '--tls-psk', path.join(t.dir, 'x.psk'), '--tls-verify-peer', t.file);
     assert.match(p.stderr, /^img: --tls-verify-peer needs --tls-creds/);
   });
 });
