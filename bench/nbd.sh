@@ -92,15 +92,16 @@ read_case() {
   done
 }
 
-# write FMT SERVERS...: nbdcopy the raw source into a fresh image served writable
+# write FMT SERVERS...: nbdcopy the raw source into a fresh image served writable. The servers
+# take turns run by run: the VM's disk drifts (writeback of earlier runs), and a server whose
+# runs all came first or last would be charged for that drift.
 write_case() {
   fmt=$1; shift
-  for server in "$@"; do
-    target="$DIR/target.$fmt"
-    t=""
-    c=0
-    r=0
-    while [ $r -lt "$RUNS" ]; do
+  target="$DIR/target.$fmt"
+  r=0
+  while [ $r -lt "$RUNS" ]; do
+    for server in "$@"; do
+      v=$(echo "$server" | tr - _)
       rm -f "$target"
       qemu-img create -q -f "$fmt" "$target" 1G
       sync # the previous run's dirty pages would throttle this one's writes
@@ -109,14 +110,19 @@ write_case() {
       c0=$(cpu)
       nbdcopy -C 4 "$SRC" "$URI"
       one=$(awk -v a="$t0" -v b="$(now)" 'BEGIN { printf "%.3f", b - a }')
-      c=$(awk -v s="$c" -v a="$c0" -v b="$(cpu)" 'BEGIN { print s + b - a }')
+      c1=$(cpu)
       stop
-      t=$(awk -v a="$t" -v b="$one" 'BEGIN { print (a == "" || b < a) ? b : a }')
-      r=$((r + 1))
+      qemu-img compare -q -f raw -F "$fmt" "$SRC" "$target" || { echo "bench: $server wrote a different image" >&2; exit 1; }
+      if [ "$fmt" = qcow2 ]; then qemu-img check -q "$target" || { echo "bench: $server left an inconsistent qcow2" >&2; exit 1; }; fi
+      eval "prev=\${t_$v:-}; cpu_sum=\${c_$v:-0}"
+      eval "t_$v=$(awk -v a="$prev" -v b="$one" 'BEGIN { print (a == "" || b < a) ? b : a }')"
+      eval "c_$v=$(awk -v s="$cpu_sum" -v a="$c0" -v b="$c1" 'BEGIN { print s + b - a }')"
     done
-    qemu-img compare -q -f raw -F "$fmt" "$SRC" "$target" || { echo "bench: $server wrote a different image" >&2; exit 1; }
-    if [ "$fmt" = qcow2 ]; then qemu-img check -q "$target" || { echo "bench: $server left an inconsistent qcow2" >&2; exit 1; }; fi
-    eval "t_$(echo "$server" | tr - _)=$t"
+    r=$((r + 1))
+  done
+  for server in "$@"; do
+    v=$(echo "$server" | tr - _)
+    eval "t=\$t_$v; c=\$c_$v"
     printf '%-26s %-9s %9s %10s %10.2f\n' "write $fmt" "$server" "$t" "$(rate "$t")" "$(awk -v c="$c" -v n="$RUNS" 'BEGIN { print c / n }')"
   done
 }
@@ -127,7 +133,9 @@ for conns in 1 4; do
   read_case "$conns" qcow2 "$DIR/source.qcow2" img qemu-nbd; summary
   read_case "$conns" raw "$SRC" img qemu-nbd nbdkit; summary nbdkit
 done
+unset t_img t_qemu_nbd t_nbdkit c_img c_qemu_nbd c_nbdkit
 write_case qcow2 img qemu-nbd; summary
+unset t_img t_qemu_nbd t_nbdkit c_img c_qemu_nbd c_nbdkit
 write_case raw img qemu-nbd nbdkit; summary nbdkit
 rm -f "$DIR"/target.*
 echo "(machine: $(nproc) CPUs; source kept in $DIR; ratios above 1 mean img is faster)"
