@@ -31,6 +31,8 @@ export class ByteReader {
   private target: { into: Buffer; filled: number } | null = null;
   /** Onread mode: the buffer the socket reads into next. */
   private current: Uint8Array | null = null;
+  /** Onread mode: where reads go while no payload waits (requests, small payloads). */
+  private scratch: Buffer | null = null;
   private ended: Error | null = null;
   private readonly onData = (chunk: Buffer) => this.push(chunk);
   private readonly onEnd = () => this.fail(new ImageError('IO', 'the peer closed the connection'));
@@ -102,18 +104,17 @@ export class ByteReader {
     return new Promise((resolve, reject) => (this.waiter = { n, into, resolve, reject }));
   }
 
-  /** Onread mode: where the socket's next read goes. */
+  /** Onread mode: where the socket's next read goes: the payload being filled, else the scratch buffer. */
   private nextBuffer(): Uint8Array {
-    this.current = this.target ? this.target.into.subarray(this.target.filled) : Buffer.allocUnsafe(READ_SIZE);
+    this.current = this.target ? this.target.into.subarray(this.target.filled) : (this.scratch ??= Buffer.allocUnsafe(READ_SIZE));
     return this.current;
   }
 
-  /** Onread mode: `n` bytes arrived in the current buffer. */
+  /** Onread mode: `n` bytes arrived in the current buffer (scratch bytes are copied out: it is read into again). */
   private received(n: number): boolean {
     const t = this.target;
     if (!t) {
-      const c = this.current!;
-      this.push(Buffer.from(c.buffer, c.byteOffset, n));
+      this.push(Buffer.copyBytesFrom(this.current!, 0, n));
       return true;
     }
     t.filled += n;
