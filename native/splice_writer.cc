@@ -89,6 +89,8 @@ struct Writer {
 
   // Sends the tokens of units whose bytes have all left the pipe, and the error if any.
   void ReportDone(bool closed) {
+    bool due = !marks.empty() && (marks.front().second <= sent || !error.empty());
+    if (!due && !closed && error.empty()) return;
     auto* r = new Completions();
     while (!marks.empty() && (marks.front().second <= sent || !error.empty())) {
       r->tokens.push_back(marks.front().first);
@@ -96,10 +98,6 @@ struct Writer {
     }
     r->error = error;
     r->closed = closed;
-    if (r->tokens.empty() && !closed && error.empty()) {
-      delete r;
-      return;
-    }
     tsfn.BlockingCall(r, [](Napi::Env env, Napi::Function fn, Completions* rep) {
       Napi::Array tokens = Napi::Array::New(env, rep->tokens.size());
       for (size_t i = 0; i < rep->tokens.size(); i++) tokens.Set(i, rep->tokens[i]);

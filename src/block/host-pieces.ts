@@ -17,17 +17,19 @@ function isImage(dev: BlockDevice): dev is Image {
   return 'backing' in dev && 'format' in dev;
 }
 
-/** The pieces of [offset, offset+length), in order; null when the device is not an image. */
+/**
+ * The pieces of [offset, offset+length), in order; null when there is nothing to send from a
+ * file: the device is not an image, or no layer of its chain has a stable mapping.
+ */
 export async function hostPieces(dev: BlockDevice, offset: number, length: number): Promise<HostPiece[] | null> {
   if (!isImage(dev)) return null;
-  const pieces: HostPiece[] = [];
-  for (const e of await dev.blockStatus(offset, length)) {
-    let layer: Image | null = dev;
-    for (let d = 0; d < e.depth && layer; d++) layer = layer.backing;
-    const fd = layer?.stableDataFd;
-    if (e.kind !== 'data') pieces.push({ kind: 'zero', length: e.length });
-    else if (e.compressed || e.hostOffset === undefined || fd === undefined) pieces.push({ kind: 'read', length: e.length });
-    else pieces.push({ kind: 'file', length: e.length, fd, position: e.hostOffset });
-  }
-  return pieces;
+  const fds: (number | undefined)[] = [];
+  for (let layer: Image | null = dev; layer; layer = layer.backing) fds.push(layer.stableDataFd);
+  if (fds.every((fd) => fd === undefined)) return null;
+  return (await dev.blockStatus(offset, length)).map((e): HostPiece => {
+    const fd = fds[e.depth];
+    if (e.kind !== 'data') return { kind: 'zero', length: e.length };
+    if (e.compressed || e.hostOffset === undefined || fd === undefined) return { kind: 'read', length: e.length };
+    return { kind: 'file', length: e.length, fd, position: e.hostOffset };
+  });
 }

@@ -238,7 +238,8 @@ export class Connection {
     const fragment = (req.flags & P.NBD_CMD_FLAG_DF) === 0;
     // The reply's bytes count as in flight until the socket has taken them.
     const hostParts = this.sink.files ? await hostPieces(dev, req.offset, req.length) : null;
-    if (hostParts) {
+    // Without a file range to send, one read of the whole range is cheaper than a read per piece.
+    if (hostParts?.some((p) => p.kind === 'file')) {
       const buffers: Buffer[] = [];
       try {
         const pieces = await this.readParts(req.offset, hostParts, buffers);
@@ -260,20 +261,19 @@ export class Connection {
   }
 
   /** Host pieces as reply pieces: file ranges stay ranges, what only the format can read is read into `buffers`. */
-  private async readParts(offset: number, pieces: HostPiece[], buffers: Buffer[]): Promise<ReadPiece[]> {
-    const out: ReadPiece[] = [];
+  private readParts(offset: number, pieces: HostPiece[], buffers: Buffer[]): Promise<ReadPiece[]> {
     let at = offset;
-    for (const p of pieces) {
-      if (p.kind === 'file') out.push({ length: p.length, part: p });
-      else if (p.kind === 'zero') out.push({ length: p.length });
-      else {
+    return Promise.all(
+      pieces.map(async (p): Promise<ReadPiece> => {
+        const from = at;
+        at += p.length;
+        if (p.kind === 'file') return { length: p.length, part: p };
+        if (p.kind === 'zero') return { length: p.length };
         const b = replyBuffers.take(p.length);
         buffers.push(b);
-        await this.s.export.device.read(at, b);
-        out.push({ length: p.length, part: b });
-      }
-      at += p.length;
-    }
-    return out;
+        await this.s.export.device.read(from, b);
+        return { length: p.length, part: b };
+      }),
+    );
   }
 }

@@ -11,6 +11,7 @@ import { Socket } from 'node:net';
 import { Duplex } from 'node:stream';
 import { ImageError } from '../block/errors';
 import { nativeSys } from '../io/native';
+import { setReadBuffer, socketFd } from '../io/node-socket';
 
 const HIGH_WATER = 4 << 20;
 /** What one socket read asks for when no payload is waiting (Node's own size). */
@@ -62,8 +63,8 @@ export class ByteReader {
    * 'data' events where the socket has no descriptor.
    */
   static adopt(socket: Socket): ByteReader {
-    const fd = (socket as unknown as { _handle?: { fd?: number } })._handle?.fd;
-    if (fd === undefined || fd < 0) return new ByteReader(socket);
+    const fd = socketFd(socket);
+    if (fd === undefined) return new ByteReader(socket);
     const reader = new ByteReader();
     // Node asks for the next buffer right after each read (and once now), and passes it back.
     const onread = { buffer: () => reader.nextBuffer(), callback: (n: number) => reader.received(n) };
@@ -98,7 +99,7 @@ export class ByteReader {
       const filled = this.buffered;
       this.take(filled, into);
       this.target = { into, filled };
-      (this.stream as unknown as { _handle: { useUserBuffer(b: Uint8Array): void } })._handle.useUserBuffer(this.nextBuffer());
+      setReadBuffer(this.stream, this.nextBuffer());
     }
     this.stream.resume();
     return new Promise((resolve, reject) => (this.waiter = { n, into, resolve, reject }));

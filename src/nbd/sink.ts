@@ -10,6 +10,7 @@ import { Socket } from 'node:net';
 import { Duplex } from 'node:stream';
 import { TLSSocket } from 'node:tls';
 import { nativeSys } from '../io/native';
+import { socketFd } from '../io/node-socket';
 
 /** `length` bytes of the file open as `fd`, from `position`: sent without being read here. */
 export interface FileRange {
@@ -36,9 +37,9 @@ export interface ReplySink {
  * handshake bytes still queued in the stream.
  */
 export function replySink(stream: Duplex): ReplySink {
-  const fd = (stream as unknown as { _handle?: { fd?: number } })._handle?.fd;
+  const fd = socketFd(stream);
   const plain = stream instanceof Socket && !(stream instanceof TLSSocket) && stream.writableLength === 0;
-  if (plain && fd !== undefined && fd >= 0 && process.env.IMG_NBD_SPLICE !== '0') return new SpliceSink(stream, fd);
+  if (plain && fd !== undefined && process.env.IMG_NBD_SPLICE !== '0') return new SpliceSink(stream, fd);
   return new StreamSink(stream);
 }
 
