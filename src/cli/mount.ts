@@ -11,7 +11,7 @@ import { Command } from 'commander';
 import { ImageError } from '../block/errors';
 import { mountImage } from '../fuse/mount';
 import { action, reportError } from './command';
-import { formatArg } from './common';
+import { formatArg, tuneForServing } from './common';
 
 /** The daemon child's channel to its parent: what to print once ready, then closed. */
 const READY_FD = 3;
@@ -70,6 +70,7 @@ export function register(program: Command): void {
       action(1, async ({ opts, args }) => {
         const partition = partitionArg(opts.partition);
         if (opts.daemon && !process.env[DAEMON_ENV]) return daemonize();
+        tuneForServing();
         const daemon = !!process.env[DAEMON_ENV];
         const mounted = await mountImage({ image: args[0], dir: args[1], format: formatArg(opts.f), readOnly: !!opts.readOnly, fs: !!opts.fs, partition });
         // main.ts exits at once on these signals; a mount is undone and the image flushed first.

@@ -7,7 +7,6 @@
  * flush, close the images, exit 0. Without --persistent it exits after the last client.
  */
 import * as path from 'node:path';
-import * as v8 from 'node:v8';
 import { Command } from 'commander';
 import { BlockDevice } from '../block/device';
 import { ImageError } from '../block/errors';
@@ -19,18 +18,9 @@ import { DEFAULT_PORT } from '../nbd/protocol';
 import { ListenAddress, NbdServer } from '../nbd/server';
 import { pskCredentials, TlsConfig, x509Credentials } from '../nbd/tls';
 import { action } from './command';
-import { collect, formatArg } from './common';
+import { collect, formatArg, tuneForServing } from './common';
 
 const DEFAULT_BIND = '127.0.0.1';
-
-/**
- * A server runs the same few request handlers thousands of times a second, so V8 sends them
- * to TurboFan within the first half second. Those compiles took 0.3 s of CPU on the
- * background threads in a 0.8 s bench/nbd.sh write run: CPU the copy itself needed on a
- * 2-core machine. A tier-up budget 30 times V8's default (67584) leaves them to servers that
- * keep running. Those servers still get the optimized code: steady-state reads are as fast.
- */
-const SERVER_INTERRUPT_BUDGET = 2_000_000;
 
 function intArg(value: unknown, what: string, max: number): number | undefined {
   if (value === undefined) return undefined;
@@ -95,7 +85,7 @@ export function register(program: Command): void {
     .argument('<image...>')
     .action(
       action(1, async ({ opts, args }) => {
-        v8.setFlagsFromString(`--interrupt-budget=${SERVER_INTERRUPT_BUDGET}`);
+        tuneForServing();
         const addr = listenArg(opts);
         const shared = intArg(opts.shared, 'number of shared connections', 1 << 16)!;
         const tls = await tlsArg(opts);
