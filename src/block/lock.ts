@@ -20,9 +20,13 @@ export class KeyedLock {
   private readonly held = new Map<number, Promise<void>>();
 
   async acquire(keys: number[]): Promise<() => void> {
-    const sorted = [...new Set(keys)].sort((a, b) => a - b);
+    const sorted = isSortedUnique(keys) ? keys.slice() : [...new Set(keys)].sort((a, b) => a - b);
     for (;;) {
-      const busy = sorted.map((k) => this.held.get(k)).filter((p): p is Promise<void> => !!p);
+      const busy: Promise<void>[] = [];
+      for (const k of sorted) {
+        const p = this.held.get(k);
+        if (p) busy.push(p);
+      }
       if (busy.length === 0) break;
       await Promise.all(busy);
     }
@@ -34,6 +38,12 @@ export class KeyedLock {
       release();
     };
   }
+}
+
+/** Callers mostly pass ascending runs of cluster indexes, which need no sorting. */
+function isSortedUnique(keys: number[]): boolean {
+  for (let i = 1; i < keys.length; i++) if (keys[i] <= keys[i - 1]) return false;
+  return true;
 }
 
 /**

@@ -80,6 +80,10 @@ export class Tables {
    */
   async l2Write(i: number): Promise<number> {
     if (i >= this.l1Size) throw new ImageError('OUT_OF_RANGE', `L1 index ${i} is past l1_size ${this.l1Size}`, { file: this.host.file.path });
+    // Already writable: nothing to allocate, so no need to wait for the lock (an entry only
+    // gains COPIED once its table is in place, and only snapshot operations, which exclude
+    // writes, take it away).
+    if ((this.l1Entry(i) & C.OFLAG_COPIED) !== 0n && this.l2Offset(i) !== 0) return this.l2Offset(i);
     const release = await this.l2Locks.acquire([i]);
     try {
       const e = this.l1Entry(i);
