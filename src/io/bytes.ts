@@ -10,35 +10,72 @@ function need(buf: Uint8Array, off: number, n: number): void {
   }
 }
 
-function view(buf: Uint8Array): DataView {
-  return new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
-}
+// Fields are assembled from bytes: a DataView per call was an allocation and a C++ call,
+// and these run for every L2 entry a read, write or check goes through.
+const TWO_32 = 2 ** 32;
 
 export const u8 = (b: Uint8Array, o: number): number => (need(b, o, 1), b[o]);
-export const be16 = (b: Uint8Array, o: number): number => (need(b, o, 2), view(b).getUint16(o, false));
-export const le16 = (b: Uint8Array, o: number): number => (need(b, o, 2), view(b).getUint16(o, true));
-export const be32 = (b: Uint8Array, o: number): number => (need(b, o, 4), view(b).getUint32(o, false));
-export const le32 = (b: Uint8Array, o: number): number => (need(b, o, 4), view(b).getUint32(o, true));
-export const be64n = (b: Uint8Array, o: number): bigint => (need(b, o, 8), view(b).getBigUint64(o, false));
-export const le64n = (b: Uint8Array, o: number): bigint => (need(b, o, 8), view(b).getBigUint64(o, true));
+export const be16 = (b: Uint8Array, o: number): number => (need(b, o, 2), (b[o] << 8) | b[o + 1]);
+export const le16 = (b: Uint8Array, o: number): number => (need(b, o, 2), b[o] | (b[o + 1] << 8));
+export const be32 = (b: Uint8Array, o: number): number => (need(b, o, 4), b[o] * 0x1000000 + ((b[o + 1] << 16) | (b[o + 2] << 8) | b[o + 3]));
+export const le32 = (b: Uint8Array, o: number): number => (need(b, o, 4), b[o + 3] * 0x1000000 + ((b[o + 2] << 16) | (b[o + 1] << 8) | b[o]));
+export const be64n = (b: Uint8Array, o: number): bigint => (need(b, o, 8), (BigInt(be32(b, o)) << 32n) | BigInt(be32(b, o + 4)));
+export const le64n = (b: Uint8Array, o: number): bigint => (need(b, o, 8), (BigInt(le32(b, o + 4)) << 32n) | BigInt(le32(b, o)));
 
-function safe(v: bigint, o: number): number {
-  if (v > BigInt(Number.MAX_SAFE_INTEGER)) throw new RangeError(`64-bit field at ${o} is too large (0x${v.toString(16)})`);
-  return Number(v);
+function safe(hi: number, lo: number, o: number): number {
+  if (hi >= 0x200000) throw new RangeError(`64-bit field at ${o} is too large (0x${hi.toString(16)}${lo.toString(16).padStart(8, '0')})`);
+  return hi * TWO_32 + lo;
 }
-export const be64 = (b: Uint8Array, o: number): number => safe(be64n(b, o), o);
-export const le64 = (b: Uint8Array, o: number): number => safe(le64n(b, o), o);
+export const be64 = (b: Uint8Array, o: number): number => (need(b, o, 8), safe(be32(b, o), be32(b, o + 4), o));
+export const le64 = (b: Uint8Array, o: number): number => (need(b, o, 8), safe(le32(b, o + 4), le32(b, o), o));
 
 export function setU8(b: Uint8Array, o: number, v: number): void {
   need(b, o, 1);
   b[o] = v;
 }
-export const setBe16 = (b: Uint8Array, o: number, v: number): void => (need(b, o, 2), view(b).setUint16(o, v, false));
-export const setLe16 = (b: Uint8Array, o: number, v: number): void => (need(b, o, 2), view(b).setUint16(o, v, true));
-export const setBe32 = (b: Uint8Array, o: number, v: number): void => (need(b, o, 4), view(b).setUint32(o, v >>> 0, false));
-export const setLe32 = (b: Uint8Array, o: number, v: number): void => (need(b, o, 4), view(b).setUint32(o, v >>> 0, true));
-export const setBe64 = (b: Uint8Array, o: number, v: number | bigint): void => (need(b, o, 8), view(b).setBigUint64(o, BigInt(v), false));
-export const setLe64 = (b: Uint8Array, o: number, v: number | bigint): void => (need(b, o, 8), view(b).setBigUint64(o, BigInt(v), true));
+export function setBe16(b: Uint8Array, o: number, v: number): void {
+  need(b, o, 2);
+  b[o] = v >>> 8;
+  b[o + 1] = v;
+}
+export function setLe16(b: Uint8Array, o: number, v: number): void {
+  need(b, o, 2);
+  b[o] = v;
+  b[o + 1] = v >>> 8;
+}
+export function setBe32(b: Uint8Array, o: number, v: number): void {
+  need(b, o, 4);
+  b[o] = v >>> 24;
+  b[o + 1] = v >>> 16;
+  b[o + 2] = v >>> 8;
+  b[o + 3] = v;
+}
+export function setLe32(b: Uint8Array, o: number, v: number): void {
+  need(b, o, 4);
+  b[o] = v;
+  b[o + 1] = v >>> 8;
+  b[o + 2] = v >>> 16;
+  b[o + 3] = v >>> 24;
+}
+
+/** The high and low 32-bit halves of a 64-bit field value (wrapped to 64 bits, as a DataView would). */
+function halves(v: number | bigint): [number, number] {
+  if (typeof v === 'number' && Number.isSafeInteger(v) && v >= 0) return [Math.floor(v / TWO_32), v % TWO_32];
+  const n = BigInt.asUintN(64, BigInt(v));
+  return [Number(n >> 32n), Number(n & 0xffffffffn)];
+}
+export function setBe64(b: Uint8Array, o: number, v: number | bigint): void {
+  need(b, o, 8);
+  const [hi, lo] = halves(v);
+  setBe32(b, o, hi);
+  setBe32(b, o + 4, lo);
+}
+export function setLe64(b: Uint8Array, o: number, v: number | bigint): void {
+  need(b, o, 8);
+  const [hi, lo] = halves(v);
+  setLe32(b, o, lo);
+  setLe32(b, o + 4, hi);
+}
 
 /** A NUL-padded ASCII/UTF-8 string field. */
 export function cstring(b: Uint8Array, o: number, n: number): string {

@@ -14,8 +14,7 @@ import { be64n } from '../../io/bytes';
 import { HostFile } from '../../io/host-file';
 import { FileSpace } from './file-space';
 import * as C from './constants';
-import { setL2 } from './l2';
-import { ScannedEntry, scanEntry, tableView } from './l2-scan';
+import { ScannedEntry, scanEntry, setL2, standardEntry, UNALLOCATED } from './l2';
 import { geometry, Qcow2Header } from './header';
 import { SnapshotEntry } from './snapshot-table';
 import { offsetOf } from './stored-refcounts';
@@ -54,12 +53,11 @@ export function l1Tables(h: Qcow2Header, snapshots: SnapshotEntry[]): L1Ref[] {
 export async function hasCompressedClusters(file: HostFile, h: Qcow2Header, l1s: L1Ref[]): Promise<boolean> {
   const g = geometry(h);
   const l2 = new Uint8Array(g.clusterSize);
-  const view = tableView(l2);
   let found = false;
   await forEachL2(file, h, l1s, async (l2Offset) => {
     if (found) return;
     await file.read(l2Offset, l2);
-    for (let j = 0; j < g.l2Entries && !found; j++) found = scanEntry(view, j, g, false).type === 'compressed';
+    for (let j = 0; j < g.l2Entries && !found; j++) found = scanEntry(l2, j, g, false).type === 'compressed';
   });
   return found;
 }
@@ -69,7 +67,6 @@ export async function expandZeroClusters(space: FileSpace, l1s: L1Ref[]): Promis
   const g = geometry(h);
   const backed = h.backingFile !== undefined;
   const l2 = new Uint8Array(g.clusterSize);
-  const view = tableView(l2);
   const refcount = (offset: number) => space.imrt.get(offset / g.clusterSize);
   /**
    * What becomes of entry j of an L2 table referenced `l2rc` times: 'keep', 'zero-in-place'
@@ -93,7 +90,7 @@ export async function expandZeroClusters(space: FileSpace, l1s: L1Ref[]): Promis
   await forEachL2(file, h, l1s, async (l2Offset) => {
     await file.read(l2Offset, l2);
     const l2rc = refcount(l2Offset);
-    for (let j = 0; j < g.l2Entries; j++) if (action(scanEntry(view, j, g, false), l2rc) === 'fresh') fresh.push(space.allocate(l2rc));
+    for (let j = 0; j < g.l2Entries; j++) if (action(scanEntry(l2, j, g, false), l2rc) === 'fresh') fresh.push(space.allocate(l2rc));
   });
   await space.commit();
 
@@ -106,7 +103,7 @@ export async function expandZeroClusters(space: FileSpace, l1s: L1Ref[]): Promis
     const l2rc = refcount(l2Offset);
     let dirty = false;
     for (let j = 0; j < g.l2Entries; j++) {
-      const e = scanEntry(view, j, g, false);
+      const e = scanEntry(l2, j, g, false);
       const what = action(e, l2rc);
       if (what === 'keep') continue;
       const old = e.offset;
@@ -116,8 +113,7 @@ export async function expandZeroClusters(space: FileSpace, l1s: L1Ref[]): Promis
         await file.writeZeroBytes(old, g.clusterSize);
         offset = old;
       } else if (what === 'fresh') offset = fresh[next++];
-      const copied = offset !== 0 && refcount(offset) === 1 ? C.OFLAG_COPIED : 0n;
-      setL2(l2, j, g, { entry: offset === 0 ? 0n : BigInt(offset) | copied, bitmap: 0n });
+      setL2(l2, j, g, offset === 0 ? UNALLOCATED : standardEntry(offset, { copied: refcount(offset) === 1 }));
       dirty = true;
     }
     if (!dirty) return;

@@ -8,7 +8,7 @@
  */
 import { be64n, setBe64 } from '../../io/bytes';
 import { CheckContext } from './check-context';
-import { scanEntry, setCopied, tableView } from './l2-scan';
+import { entryHex, scanEntry, setCopied } from './l2';
 import * as C from './constants';
 import { RefcountArray } from './refcount-array';
 import { switchRefcountTable, writeRefcountStructure } from './refcount-rewrite';
@@ -110,18 +110,17 @@ export async function checkOflagCopied(ctx: CheckContext, stored: StoredRefcount
     }
 
     await readClamped(ctx.file, ctx.fileSize, l2Offset, l2);
-    const view = tableView(l2);
     let dirty = 0;
     for (let j = 0; j < g.l2Entries; j++) {
-      const e = scanEntry(view, j, g, ctx.hasDataFile);
+      const e = scanEntry(l2, j, g, ctx.hasDataFile);
       if (e.type !== 'normal' && e.type !== 'zero-alloc') continue;
       const refcount = ctx.hasDataFile ? 1 : (cachedRefcountOf(e.offset) ?? (await refcountOf(e.offset)));
       if (refcount === undefined) continue;
       if ((refcount === 1) !== e.copied) {
         counts.corruptions++;
-        ctx.say(`${prefix} OFLAG_COPIED data cluster: l2_entry=${e.entry().toString(16)} refcount=${refcount}`);
+        ctx.say(`${prefix} OFLAG_COPIED data cluster: l2_entry=${entryHex(e)} refcount=${refcount}`);
         if (repair) {
-          setCopied(view, j, g, refcount === 1);
+          setCopied(l2, j, g, refcount === 1);
           dirty++;
         }
       }

@@ -8,8 +8,7 @@ import { be64n } from '../../io/bytes';
 import { activeBitmapsExtension, BITMAP_TABLE_ENTRY_SIZE, BME_FLAG_ALL_ONES, BME_OFFSET_MASK, BME_RESERVED_MASK, readBitmapDirectory } from './bitmaps';
 import { CheckContext } from './check-context';
 import * as C from './constants';
-import { ALL_ZERO, decodeCompressed, setL2 } from './l2';
-import { scanEntry, tableView } from './l2-scan';
+import { ALL_SUBCLUSTERS, decodeCompressed, entryHex, scanEntry, setL2, standardEntry } from './l2';
 import { RefcountArray } from './refcount-array';
 import { offsetOf, readClamped } from './stored-refcounts';
 
@@ -78,29 +77,28 @@ async function checkL1(ctx: CheckContext, imrt: RefcountArray, l1Offset: number,
 /** References the clusters one L2 table maps, checking each entry (check_refcounts_l2). */
 async function checkL2(ctx: CheckContext, imrt: RefcountArray, l2Offset: number, l2: Uint8Array, active: boolean): Promise<void> {
   const { g, counts } = ctx;
-  const view = tableView(l2);
   let nextContiguous = 0;
   for (let i = 0; i < g.l2Entries; i++) {
-    const e = scanEntry(view, i, g, ctx.hasDataFile);
-    if (e.type === 'unallocated' && !e.allocBits && !e.reserved) continue; // the common case, fast
+    const e = scanEntry(l2, i, g, ctx.hasDataFile);
+    if (e.type === 'unallocated' && !e.alloc && !e.reserved) continue; // the common case, fast
     if (e.type !== 'compressed' && e.reserved) {
-      ctx.say(`ERROR found l2 entry with reserved bits set: ${hex(e.entry())}`);
+      ctx.say(`ERROR found l2 entry with reserved bits set: ${entryHex(e)}`);
       counts.corruptions++;
     }
     switch (e.type) {
       case 'compressed': {
-        const { offset, length } = decodeCompressed(e.entry(), g.clusterBits);
+        const { offset, length } = decodeCompressed(e, g.clusterBits);
         if (e.copied) {
           ctx.say(`ERROR: coffset=0x${hex(offset)}: copied flag must never be set for compressed clusters`);
           counts.corruptions++;
         }
         if (ctx.hasDataFile) {
-          ctx.say(`ERROR compressed cluster ${i} with data file, entry=0x${hex(e.entry())}`);
+          ctx.say(`ERROR compressed cluster ${i} with data file, entry=0x${entryHex(e)}`);
           counts.corruptions++;
           break;
         }
-        if (e.allocBits || e.zeroBits) {
-          ctx.say(`ERROR compressed cluster ${i} with non-zero subcluster allocation bitmap, entry=0x${hex(e.entry())}`);
+        if (e.alloc || e.zero) {
+          ctx.say(`ERROR compressed cluster ${i} with non-zero subcluster allocation bitmap, entry=0x${entryHex(e)}`);
           counts.corruptions++;
           break;
         }
@@ -115,13 +113,13 @@ async function checkL2(ctx: CheckContext, imrt: RefcountArray, l2Offset: number,
       case 'zero-alloc':
       case 'normal': {
         const { offset } = e;
-        if ((e.zeroBits & e.allocBits) !== 0) {
+        if ((e.zero & e.alloc) !== 0) {
           counts.corruptions++;
           ctx.say(`ERROR offset=${hex(offset)}: Allocated cluster has corrupted subcluster allocation bitmap`);
         }
         if (offset % ctx.clusterSize !== 0) {
           counts.corruptions++;
-          const hasData = g.extendedL2 ? e.allocBits !== 0 : e.type === 'normal';
+          const hasData = g.extendedL2 ? e.alloc !== 0 : e.type === 'normal';
           if (hasData) {
             ctx.say(`ERROR offset=${hex(offset)}: Data cluster is not properly aligned; L2 entry corrupted.`);
           } else {
@@ -143,7 +141,7 @@ async function checkL2(ctx: CheckContext, imrt: RefcountArray, l2Offset: number,
       case 'zero-plain':
         break;
       case 'unallocated':
-        if (e.allocBits) {
+        if (e.alloc) {
           counts.corruptions++;
           ctx.say('ERROR: Unallocated cluster has non-zero subcluster allocation map');
         }
@@ -156,7 +154,7 @@ async function checkL2(ctx: CheckContext, imrt: RefcountArray, l2Offset: number,
 async function zeroL2Entry(ctx: CheckContext, l2: Uint8Array, l2Offset: number, i: number): Promise<void> {
   const { g } = ctx;
   const at = i * g.l2EntrySize;
-  setL2(l2, i, g, g.extendedL2 ? { entry: 0n, bitmap: ALL_ZERO } : { entry: C.OFLAG_ZERO, bitmap: 0n });
+  setL2(l2, i, g, g.extendedL2 ? standardEntry(0, {}, 0, ALL_SUBCLUSTERS) : standardEntry(0, { zero: true }));
   await ctx.file.write(l2Offset + at, l2.subarray(at, at + g.l2EntrySize));
   await ctx.file.flush();
   ctx.counts.corruptions--;

@@ -48,16 +48,11 @@ export const AUTOCLEAR_KNOWN = AUTOCLEAR_BITMAPS | AUTOCLEAR_DATA_FILE_RAW;
 export const COMPRESSION_DEFLATE = 0;
 export const COMPRESSION_ZSTD = 1;
 
-// L1 and L2 entry bits (standard clusters).
+// L1 entry bits (L2 entries are decoded in l2.ts).
 export const L1E_OFFSET_MASK = 0x00fffffffffffe00n;
-export const L2E_OFFSET_MASK = 0x00fffffffffffe00n;
 export const OFLAG_COPIED = 1n << 63n;
-export const OFLAG_COMPRESSED = 1n << 62n;
-export const OFLAG_ZERO = 1n << 0n;
 /** Bits of an L1 entry that must be zero (besides the offset and COPIED). */
 export const L1E_RESERVED_MASK = 0x7f000000000001ffn;
-/** Bits of a standard L2 entry that must be zero (bits 1-8 and 56-61). */
-export const L2E_STD_RESERVED_MASK = 0x3f000000000001fen;
 
 // Refcount table entries: bits 0-8 reserved, 9-63 the refcount block offset.
 export const REFT_OFFSET_MASK = 0xfffffffffffffe00n;

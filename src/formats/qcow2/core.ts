@@ -16,7 +16,7 @@ import { HostFile } from '../../io/host-file';
 import { setBe64 } from '../../io/bytes';
 import * as C from './constants';
 import { geometry, Geometry, Qcow2Header } from './header';
-import { decodeCompressed, getL2, hostOffset, isCompressed, L2Entry } from './l2';
+import { decodeCompressed, entryHex, getL2, hasZeroFlag, hostOffset, isCompressed, isCopied, L2Entry, UNALLOCATED } from './l2';
 import { Refcounts, Release } from './refcount';
 import { Tables, TablesHost } from './tables';
 
@@ -44,7 +44,7 @@ export interface Piece {
    */
   mapped?: boolean;
   /** compressed: the L2 entry and the guest offset of its cluster. */
-  entry: bigint;
+  entry: L2Entry;
   clusterStart: number;
 }
 
@@ -63,7 +63,8 @@ export class Qcow2Core implements TablesHost {
   private readonly dirtyLock = new Mutex();
   private pending: Release[] = [];
   private pendingClusters = 0;
-  private readonly decompressed = new Map<bigint, Uint8Array>();
+  /** Decompressed clusters by descriptor (`hi:lo`). */
+  private readonly decompressed = new Map<string, Uint8Array>();
   /** End of the used part of the image file (grows with allocations). */
   end: number;
   /** Data written since the last fdatasync. */
@@ -217,18 +218,17 @@ export class Qcow2Core implements TablesHost {
 
   /** Pieces for bytes [a, b) of the guest cluster at `start`, mapped by entry `e`. */
   entryPieces(start: number, e: L2Entry, a: number, b: number, out: Piece[]): void {
-    const { entry } = e;
-    if (isCompressed(entry)) {
-      this.checkCompressed(start, entry);
-      out.push({ kind: 'compressed', offset: start + a, length: b - a, host: 0, entry, clusterStart: start });
+    if (isCompressed(e)) {
+      this.checkCompressed(start, e);
+      out.push({ kind: 'compressed', offset: start + a, length: b - a, host: 0, entry: e, clusterStart: start });
       return;
     }
-    const host = hostOffset(entry);
-    const allocated = this.allocated(entry);
+    const host = hostOffset(e);
+    const allocated = this.allocated(e);
     if (allocated) this.checkHost(start, host);
     if (!this.g.extendedL2) {
-      const zero = (entry & C.OFLAG_ZERO) !== 0n;
-      if (zero && !this.zeroFlags) throw this.corrupt(start, entry, 'has the zero flag in a version 2 image');
+      const zero = hasZeroFlag(e);
+      if (zero && !this.zeroFlags) throw this.corrupt(start, e, 'has the zero flag in a version 2 image');
       if (zero) this.push(out, 'zero', start + a, b - a, allocated ? host + a : 0, allocated);
       else if (allocated) this.push(out, 'data', start + a, b - a, host + a);
       else this.push(out, 'backing', start + a, b - a, 0);
@@ -238,10 +238,10 @@ export class Qcow2Core implements TablesHost {
     for (let x = a; x < b; ) {
       const i = Math.floor(x / sc);
       const y = Math.min(b, (i + 1) * sc);
-      const alloc = (e.bitmap >> BigInt(i)) & 1n;
-      const zero = (e.bitmap >> BigInt(32 + i)) & 1n;
-      if (alloc && zero) throw this.corrupt(start, entry, `marks subcluster ${i} both allocated and zero`);
-      if (alloc && !allocated) throw this.corrupt(start, entry, `marks subcluster ${i} allocated without a host cluster`);
+      const alloc = (e.alloc >>> i) & 1;
+      const zero = (e.zero >>> i) & 1;
+      if (alloc && zero) throw this.corrupt(start, e, `marks subcluster ${i} both allocated and zero`);
+      if (alloc && !allocated) throw this.corrupt(start, e, `marks subcluster ${i} allocated without a host cluster`);
       if (alloc) this.push(out, 'data', start + x, y - x, host + x);
       else this.push(out, zero ? 'zero' : 'backing', start + x, y - x, allocated ? host + x : 0, allocated);
       x = y;
@@ -252,8 +252,8 @@ export class Qcow2Core implements TablesHost {
    * Whether a standard entry maps a host cluster. Offset 0 means unallocated, except with an
    * external data file where COPIED marks host offset 0 as real (qcow2.rst "Standard Cluster Descriptor").
    */
-  allocated(entry: bigint): boolean {
-    return !isCompressed(entry) && (hostOffset(entry) !== 0 || (this.hasDataFile && (entry & C.OFLAG_COPIED) !== 0n));
+  allocated(e: L2Entry): boolean {
+    return !isCompressed(e) && (hostOffset(e) !== 0 || (this.hasDataFile && isCopied(e)));
   }
 
   private push(out: Piece[], kind: PieceKind, offset: number, length: number, host: number, mapped = false): void {
@@ -269,13 +269,13 @@ export class Qcow2Core implements TablesHost {
       last.length += length;
       return;
     }
-    out.push({ kind, offset, length, host, entry: 0n, clusterStart: 0, ...(mapped ? { mapped } : {}) });
+    out.push({ kind, offset, length, host, entry: UNALLOCATED, clusterStart: 0, ...(mapped ? { mapped } : {}) });
   }
 
   checkHost(start: number, host: number): void {
     const cs = this.g.clusterSize;
-    if (host % cs !== 0) throw this.corrupt(start, BigInt(host), 'points to an unaligned host offset');
-    if (!this.hasDataFile && host >= this.end) throw this.corrupt(start, BigInt(host), `points past the end of the file (${this.end} bytes)`);
+    if (host % cs !== 0) throw this.corrupt(start, host, 'points to an unaligned host offset');
+    if (!this.hasDataFile && host >= this.end) throw this.corrupt(start, host, `points past the end of the file (${this.end} bytes)`);
   }
 
   /**
@@ -292,22 +292,20 @@ export class Qcow2Core implements TablesHost {
       ['the refcount table', h.refcountTableOffset, h.refcountTableClusters * cs],
     ];
     for (const [what, at, bytes] of hits) {
-      if (host < at + bytes && at < host + cs) throw this.corrupt(start, BigInt(host), `points into ${what}`);
+      if (host < at + bytes && at < host + cs) throw this.corrupt(start, host, `points into ${what}`);
     }
   }
 
-  private checkCompressed(start: number, entry: bigint): void {
-    if (this.hasDataFile) throw this.corrupt(start, entry, 'is compressed, which an external data file does not allow');
-    const d = decodeCompressed(entry, this.g.clusterBits);
-    if (d.offset === 0 || d.offset >= this.end) throw this.corrupt(start, entry, `is a compressed descriptor pointing past the end of the file (${this.end} bytes)`);
+  private checkCompressed(start: number, e: L2Entry): void {
+    if (this.hasDataFile) throw this.corrupt(start, e, 'is compressed, which an external data file does not allow');
+    const d = decodeCompressed(e, this.g.clusterBits);
+    if (d.offset === 0 || d.offset >= this.end) throw this.corrupt(start, e, `is a compressed descriptor pointing past the end of the file (${this.end} bytes)`);
   }
 
-  corrupt(guest: number, entry: bigint, what: string): ImageError {
-    return new ImageError('CORRUPT', `L2 entry 0x${entry.toString(16)} for guest offset ${guest} ${what}`, {
-      file: this.file.path,
-      field: 'L2 entry',
-      value: entry,
-    });
+  /** An error about the L2 entry of guest offset `guest`: the entry, or the host offset it names. */
+  corrupt(guest: number, e: L2Entry | number, what: string): ImageError {
+    const hex = `0x${typeof e === 'number' ? e.toString(16) : entryHex(e)}`;
+    return new ImageError('CORRUPT', `L2 entry ${hex} for guest offset ${guest} ${what}`, { file: this.file.path, field: 'L2 entry', value: hex });
   }
 
   /** Extents of [offset, offset+length): unallocated ranges resolved through the backing chain. */
@@ -360,20 +358,21 @@ export class Qcow2Core implements TablesHost {
     into.fill(0, inside);
   }
 
-  async decompress(guest: number, entry: bigint): Promise<Uint8Array> {
-    const hit = this.decompressed.get(entry);
+  async decompress(guest: number, e: L2Entry): Promise<Uint8Array> {
+    const key = `${e.hi}:${e.lo}`;
+    const hit = this.decompressed.get(key);
     if (hit) return hit;
-    const d = decodeCompressed(entry, this.g.clusterBits);
+    const d = decodeCompressed(e, this.g.clusterBits);
     const src = new Uint8Array(d.length);
     await this.file.read(d.offset, src);
     let out: Uint8Array;
     try {
       out = decompressSync(this.compression, src, this.g.clusterSize);
     } catch (err) {
-      throw this.corrupt(guest, entry, `is a compressed cluster that does not decompress: ${(err as Error).message}`);
+      throw this.corrupt(guest, e, `is a compressed cluster that does not decompress: ${(err as Error).message}`);
     }
     if (this.decompressed.size >= DECOMPRESSED_CACHE) this.decompressed.delete(this.decompressed.keys().next().value!);
-    this.decompressed.set(entry, out);
+    this.decompressed.set(key, out);
     return out;
   }
 }

@@ -96,7 +96,7 @@ async function shrink(core: Qcow2Core, size: number, discard: boolean): Promise<
     let used = false;
     for (let i = from; i < g.l2Entries && !used; i++) {
       const e = getL2(table, i, g);
-      used = e.entry !== 0n || e.bitmap !== 0n;
+      used = e.hi !== 0 || e.lo !== 0 || e.alloc !== 0 || e.zero !== 0;
     }
     if (used && !discard) {
       throw new ImageError('INVALID_ARGUMENT', `the part past the new size ${size} holds data: shrinking would lose it (use --shrink)`, { file: core.file.path });
@@ -106,7 +106,7 @@ async function shrink(core: Qcow2Core, size: number, discard: boolean): Promise<
     const t = whole ? table.slice() : await core.tables.l2.get(tOff);
     for (let i = from; i < g.l2Entries; i++) {
       const e = getL2(t, i, g);
-      if (isCompressed(e.entry) || hostOffset(e.entry) !== 0) releaseOld(core, e);
+      if (isCompressed(e) || hostOffset(e) !== 0) releaseOld(core, e);
       if (!whole) t.fill(0, i * g.l2EntrySize, (i + 1) * g.l2EntrySize);
     }
     if (whole) {

@@ -34,8 +34,7 @@ import { be64n, divCeil, setBe32, setBe64 } from '../../io/bytes';
 import * as C from './constants';
 import { Qcow2Core } from './core';
 import { l1EntriesFor } from './header';
-import { decodeCompressed } from './l2';
-import { scanEntry, setCopied, tableView } from './l2-scan';
+import { decodeCompressed, scanEntry, setCopied } from './l2';
 import { Release } from './refcount';
 import { loadSnapshots, MAX_SNAPSHOT_TABLE_BYTES, serializeSnapshotTable, SnapshotEntry, SnapshotTable } from './snapshot-table';
 
@@ -197,9 +196,8 @@ async function collectRefs(core: Qcow2Core, l1: bigint[], where: string): Promis
     if (l2 === 0) continue;
     refs.push(l2 / cs);
     await core.tables.l2.with(l2, (table) => {
-      const view = tableView(table);
       for (let j = 0; j < g.l2Entries; j++) {
-        const e = scanEntry(view, j, g, core.hasDataFile);
+        const e = scanEntry(table, j, g, core.hasDataFile);
         if (e.type === 'normal' || e.type === 'zero-alloc') {
           if (core.hasDataFile) continue; // clusters of an external data file have no refcounts
           if (e.offset % cs !== 0 || e.offset >= core.end) {
@@ -207,7 +205,7 @@ async function collectRefs(core: Qcow2Core, l1: bigint[], where: string): Promis
           }
           refs.push(e.offset / cs);
         } else if (e.type === 'compressed') {
-          const d = decodeCompressed(e.entry(), g.clusterBits);
+          const d = decodeCompressed(e, g.clusterBits);
           if (core.hasDataFile || d.offset === 0 || d.offset >= core.end) {
             throw corrupt(core, `${where}: L2 table at 0x${l2.toString(16)} entry ${j} is a compressed cluster at 0x${d.offset.toString(16)}, past the end of the file`);
           }
@@ -284,14 +282,13 @@ async function refreshCopied(core: Qcow2Core, l1: bigint[]): Promise<bigint[]> {
     // With an external data file, COPIED on offset 0 marks an allocated cluster: left alone.
     if (core.hasDataFile) continue;
     await core.tables.l2.with(off, async (table) => {
-      const view = tableView(table);
       let dirty = false;
       for (let j = 0; j < g.l2Entries; j++) {
-        const e = scanEntry(view, j, g, false);
+        const e = scanEntry(table, j, g, false);
         if (e.type === 'unallocated' && !e.copied) continue;
         const want = (e.type === 'normal' || e.type === 'zero-alloc') && (counts.peek(e.offset / cs) ?? (await counts.get(e.offset / cs))) === 1;
         if (e.copied !== want) {
-          setCopied(view, j, g, want);
+          setCopied(table, j, g, want);
           dirty = true;
         }
       }
@@ -308,11 +305,10 @@ async function clearCopied(core: Qcow2Core, l1: bigint[]): Promise<bigint[]> {
     const off = Number(e & C.L1E_OFFSET_MASK);
     if (off === 0 || core.hasDataFile) continue;
     await core.tables.l2.with(off, (table) => {
-      const view = tableView(table);
       let dirty = false;
       for (let j = 0; j < g.l2Entries; j++) {
-        if (scanEntry(view, j, g, false).copied) {
-          setCopied(view, j, g, false);
+        if (scanEntry(table, j, g, false).copied) {
+          setCopied(table, j, g, false);
           dirty = true;
         }
       }

@@ -9,18 +9,19 @@
 import { CompressorPool } from '../../block/compress';
 import { ImageError } from '../../block/errors';
 import { alignDown, alignUp } from '../../io/bytes';
-import * as C from './constants';
 import { Piece, Qcow2Core } from './core';
 import {
-  ALL_ALLOC,
+  ALL_SUBCLUSTERS,
   decodeCompressed,
   encodeCompressed,
   getL2,
+  hasZeroFlag,
   hostOffset,
   isCompressed,
   isCopied,
   L2Entry,
   setL2,
+  standardEntry,
   subclusterMask,
 } from './l2';
 
@@ -47,10 +48,10 @@ async function runWrites(core: Qcow2Core, list: HostWrite[]): Promise<void> {
 export function releaseOld(core: Qcow2Core, e: L2Entry): void {
   if (core.hasDataFile) return;
   const cs = core.g.clusterSize;
-  if (isCompressed(e.entry)) {
-    const d = decodeCompressed(e.entry, core.g.clusterBits);
+  if (isCompressed(e)) {
+    const d = decodeCompressed(e, core.g.clusterBits);
     core.deferRelease({ cluster: d.firstCluster, count: d.lastCluster - d.firstCluster + 1 });
-  } else if (hostOffset(e.entry) !== 0) core.deferRelease({ cluster: hostOffset(e.entry) / cs, count: 1 });
+  } else if (hostOffset(e) !== 0) core.deferRelease({ cluster: hostOffset(e) / cs, count: 1 });
 }
 
 /** Subclusters [first, last] that bytes [a, b) of a cluster touch. */
@@ -61,14 +62,14 @@ function subclusters(core: Qcow2Core, a: number, b: number): [number, number] {
 
 /** The host offset to write bytes [a, b) of a cluster in place, or -1 when the write must allocate. */
 function inPlace(core: Qcow2Core, start: number, e: L2Entry, a: number, b: number): number {
-  const host = hostOffset(e.entry);
-  if (!core.allocated(e.entry) || !isCopied(e.entry)) return -1;
+  const host = hostOffset(e);
+  if (!core.allocated(e) || !isCopied(e)) return -1;
   core.checkHost(start, host);
   core.checkOverlap(start, host);
-  if (!core.g.extendedL2) return (e.entry & C.OFLAG_ZERO) !== 0n ? -1 : host;
+  if (!core.g.extendedL2) return hasZeroFlag(e) ? -1 : host;
   const [s0, s1] = subclusters(core, a, b);
   const m = subclusterMask(s0, s1);
-  return (e.bitmap & m) === m ? host : -1;
+  return (e.alloc & m) === m ? host : -1;
 }
 
 /** Writes guest bytes; the range must lie inside the device. */
@@ -114,7 +115,9 @@ interface Plan {
   to: number;
   a: number;
   b: number;
-  bitmap: bigint;
+  /** The subcluster bitmap halves the new entry gets. */
+  alloc: number;
+  zero: number;
 }
 
 /** Guest clusters [c0, c1) that need allocation or copy-on-write, under their cluster locks. */
@@ -155,7 +158,7 @@ async function allocateAndWrite(core: Qcow2Core, l1i: number, c0: number, c1: nu
     await runWrites(core, writes);
     const t = await core.tables.l2.get(await core.tables.l2Write(l1i));
     for (const p of plans) {
-      setL2(t, p.c % g.l2Entries, g, { entry: BigInt(p.host) | C.OFLAG_COPIED, bitmap: p.bitmap });
+      setL2(t, p.c % g.l2Entries, g, standardEntry(p.host, { copied: true }, p.alloc, p.zero));
       if (p.fresh) releaseOld(core, p.old);
     }
     core.tables.l2.markDirty(tOff);
@@ -168,11 +171,11 @@ async function allocateAndWrite(core: Qcow2Core, l1i: number, c0: number, c1: nu
 function planCluster(core: Qcow2Core, c: number, old: L2Entry, a: number, b: number): Plan {
   const cs = core.g.clusterSize;
   const host = inPlace(core, c * cs, old, a, b);
-  const p: Plan = { c, old, host, fresh: false, from: a, to: b, a, b, bitmap: old.bitmap };
+  const p: Plan = { c, old, host, fresh: false, from: a, to: b, a, b, alloc: old.alloc, zero: old.zero };
   if (host >= 0) return p;
-  const oldHost = hostOffset(old.entry);
-  const allocated = core.allocated(old.entry);
-  const reusable = allocated && isCopied(old.entry);
+  const oldHost = hostOffset(old);
+  const allocated = core.allocated(old);
+  const reusable = allocated && isCopied(old);
   if (reusable) {
     core.checkHost(c * cs, oldHost);
     core.checkOverlap(c * cs, oldHost);
@@ -185,22 +188,24 @@ function planCluster(core: Qcow2Core, c: number, old: L2Entry, a: number, b: num
     p.to = cs;
     return p;
   }
-  const hadData = isCompressed(old.entry) || (allocated && (old.bitmap & ALL_ALLOC) !== 0n);
+  const hadData = isCompressed(old) || (allocated && old.alloc !== 0);
   if (p.fresh && hadData) {
     // Copying a compressed or shared cluster: take all of it.
     p.from = 0;
     p.to = cs;
-    p.bitmap = ALL_ALLOC;
+    p.alloc = ALL_SUBCLUSTERS;
+    p.zero = 0;
     return p;
   }
   // Only the touched subclusters are written; the others keep reading as before. A boundary
   // subcluster already allocated in place is not refilled (a concurrent in-place write may own it).
   const [s0, s1] = subclusters(core, a, b);
   const m = subclusterMask(s0, s1);
-  const has = (i: number) => reusable && ((old.bitmap >> BigInt(i)) & 1n) === 1n;
+  const has = (i: number) => reusable && ((old.alloc >>> i) & 1) === 1;
   p.from = has(s0) ? a : s0 * core.g.subclusterSize;
   p.to = has(s1) ? b : (s1 + 1) * core.g.subclusterSize;
-  p.bitmap = (old.bitmap | m) & ~(m << 32n);
+  p.alloc = old.alloc | m;
+  p.zero = old.zero & ~m;
   return p;
 }
 
@@ -253,7 +258,7 @@ async function storeCompressed(core: Qcow2Core, c: number, packed: Uint8Array): 
     core.unsynced = true;
     const t = await core.tables.l2.get(await core.tables.l2Write(l1i));
     const old = getL2(t, c % g.l2Entries, g);
-    setL2(t, c % g.l2Entries, g, { entry: encodeCompressed(at, packed.byteLength, g.clusterBits), bitmap: 0n });
+    setL2(t, c % g.l2Entries, g, encodeCompressed(at, packed.byteLength, g.clusterBits));
     core.tables.l2.markDirty(tOff);
     releaseOld(core, old);
   } finally {
@@ -281,15 +286,15 @@ export async function preallocate(core: Qcow2Core, start: number, end: number, m
     const need: number[] = [];
     for (let c = pos / cs; c < tEnd / cs; c++) {
       const e = getL2(t, c % g.l2Entries, g);
-      if (!isCompressed(e.entry) && !core.allocated(e.entry)) need.push(c);
+      if (!isCompressed(e) && !core.allocated(e)) need.push(c);
     }
     if (need.length > 0) {
       const hosts = core.hasDataFile ? need.map((c) => c * cs) : await core.refcounts.allocate(need.length);
       t = await core.tables.l2.get(tOff);
       need.forEach((c, i) => {
         const host = hosts[i];
-        const bitmap = g.extendedL2 && !core.namesBacking ? ALL_ALLOC : 0n;
-        setL2(t, c % g.l2Entries, g, { entry: BigInt(host) | C.OFLAG_COPIED, bitmap });
+        const alloc = g.extendedL2 && !core.namesBacking ? ALL_SUBCLUSTERS : 0;
+        setL2(t, c % g.l2Entries, g, standardEntry(host, { copied: true }, alloc));
         const last = ranges[ranges.length - 1];
         if (last && last.host + last.length === host) last.length += cs;
         else ranges.push({ host, length: cs });

@@ -4,9 +4,8 @@
  * parts of an extended L2 cluster get their zero bits, and what remains gets zero bytes.
  */
 import { alignDown, alignUp } from '../../io/bytes';
-import * as C from './constants';
 import { Qcow2Core } from './core';
-import { ALL_ZERO, getL2, hostOffset, isCompressed, isCopied, L2Entry, setL2, subclusterMask } from './l2';
+import { ALL_SUBCLUSTERS, getL2, hostOffset, isCompressed, isCopied, L2Entry, setL2, standardEntry, subclusterMask, UNALLOCATED } from './l2';
 import { releaseOld, writeData } from './write';
 
 export type ZeroMode = 'zeroes' | 'unmap' | 'discard';
@@ -67,13 +66,15 @@ async function zeroClusters(core: Qcow2Core, c0: number, c1: number, mode: ZeroM
     const punches: number[] = [];
     for (const c of keys) {
       const old = getL2(t, c % g.l2Entries, g);
-      const host = hostOffset(old.entry);
-      const allocated = core.allocated(old.entry);
-      const keep = core.zeroFlags && mode === 'zeroes' && allocated && isCopied(old.entry);
+      const host = hostOffset(old);
+      const allocated = core.allocated(old);
+      const keep = core.zeroFlags && mode === 'zeroes' && allocated && isCopied(old);
+      // Reads as zero: the zero flag, or with extended L2 every subcluster's zero bit.
+      const zeroBits = g.extendedL2 ? ALL_SUBCLUSTERS : 0;
       let next: L2Entry;
-      if (keep) next = { entry: BigInt(host) | C.OFLAG_COPIED | (g.extendedL2 ? 0n : C.OFLAG_ZERO), bitmap: g.extendedL2 ? ALL_ZERO : 0n };
-      else if (!core.namesBacking) next = { entry: 0n, bitmap: 0n };
-      else next = { entry: g.extendedL2 ? 0n : C.OFLAG_ZERO, bitmap: g.extendedL2 ? ALL_ZERO : 0n };
+      if (keep) next = standardEntry(host, { copied: true, zero: !g.extendedL2 }, 0, zeroBits);
+      else if (!core.namesBacking) next = UNALLOCATED;
+      else next = standardEntry(0, { zero: !g.extendedL2 }, 0, zeroBits);
       setL2(t, c % g.l2Entries, g, next);
       if (!keep) releaseOld(core, old);
       // An external data file must read as the guest sees it (data_file_raw), so zero it too.
@@ -126,17 +127,17 @@ async function zeroSubclusters(core: Qcow2Core, c: number, s0: number, s1: numbe
   const unlock = await core.clusterLocks.acquire([c]);
   try {
     const peek = await core.tables.l2Read(l1i);
-    const before = peek ? getL2(peek, c % g.l2Entries, g) : { entry: 0n, bitmap: 0n };
-    if (isCompressed(before.entry)) return false;
-    if (!core.namesBacking && (before.bitmap & m) === 0n) return true; // nothing allocated, nothing beneath
+    const before = peek ? getL2(peek, c % g.l2Entries, g) : UNALLOCATED;
+    if (isCompressed(before)) return false;
+    if (!core.namesBacking && (before.alloc & m) === 0) return true; // nothing allocated, nothing beneath
     const tOff = await core.tables.l2Write(l1i);
     const t = await core.tables.l2.get(tOff);
     const old = getL2(t, c % g.l2Entries, g);
-    setL2(t, c % g.l2Entries, g, { entry: old.entry, bitmap: (old.bitmap & ~m) | (m << 32n) });
+    setL2(t, c % g.l2Entries, g, { ...old, alloc: old.alloc & ~m, zero: old.zero | m });
     core.tables.l2.markDirty(tOff);
-    if (core.hasDataFile && core.allocated(old.entry)) {
+    if (core.hasDataFile && core.allocated(old)) {
       const sc = g.subclusterSize;
-      await core.dataFile.punchHole(hostOffset(old.entry) + s0 * sc, (s1 - s0 + 1) * sc);
+      await core.dataFile.punchHole(hostOffset(old) + s0 * sc, (s1 - s0 + 1) * sc);
     }
     return true;
   } finally {
