@@ -25,6 +25,11 @@ export interface Extent {
    * present: the layer above has nothing there and its backing file has no bytes there.
    */
   pastBackingEnd?: boolean;
+  /**
+   * 'data' that lies in a hole of the host file: the format maps it, but it reads as zeroes
+   * (qemu's DATA|ZERO status: a qcow2 with preallocated metadata).
+   */
+  readsZero?: boolean;
 }
 
 export interface WriteOptions {

@@ -12,6 +12,7 @@ export function pushExtent(list: Extent[], e: Extent): void {
     last.depth === e.depth &&
     !!last.compressed === !!e.compressed &&
     !!last.pastBackingEnd === !!e.pastBackingEnd &&
+    !!last.readsZero === !!e.readsZero &&
     (last.hostOffset === undefined) === (e.hostOffset === undefined) &&
     (last.hostOffset === undefined || last.hostOffset + last.length === e.hostOffset)
   ) {

@@ -28,7 +28,7 @@ export async function hostPieces(dev: BlockDevice, offset: number, length: numbe
   if (fds.every((fd) => fd === undefined)) return null;
   return (await dev.blockStatus(offset, length)).map((e): HostPiece => {
     const fd = fds[e.depth];
-    if (e.kind !== 'data') return { kind: 'zero', length: e.length };
+    if (e.kind !== 'data' || e.readsZero) return { kind: 'zero', length: e.length };
     if (e.compressed || e.hostOffset === undefined || fd === undefined) return { kind: 'read', length: e.length };
     return { kind: 'file', length: e.length, fd, position: e.hostOffset };
   });

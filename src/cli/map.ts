@@ -30,7 +30,7 @@ function entryOf(e: Extent): MapEntry {
     length: e.length,
     depth: e.depth,
     present: e.kind !== 'unallocated',
-    zero: e.kind !== 'data',
+    zero: e.kind !== 'data' || !!e.readsZero,
     data: e.kind === 'data',
     offset: e.compressed ? undefined : e.hostOffset,
   };

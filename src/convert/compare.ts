@@ -23,7 +23,7 @@ const IO_CHUNK = 2 << 20;
 const ZEROES = new Uint8Array(IO_CHUNK);
 
 const allocated = (e: Extent): boolean => e.kind !== 'unallocated';
-const readsZero = (e: Extent): boolean => e.kind !== 'data';
+const readsZero = (e: Extent): boolean => e.kind !== 'data' || !!e.readsZero;
 /** What qemu's status flags distinguish: kind, whether a host mapping is known, and EOF (the extent ends the device). */
 const statusOf = (e: Extent, dev: BlockDevice): string => `${e.kind}/${e.hostOffset !== undefined}/${e.offset + e.length === dev.size}`;
 

@@ -36,7 +36,8 @@ export function blockSizes(e: NbdExport): { minimum: number; preferred: number; 
 /** The status flags of an extent in a metadata context (see protocol.ts for the contexts). */
 export function extentStatus(context: string, e: Extent): number {
   if (context === P.CONTEXT_ALLOCATION_DEPTH) return e.kind === 'unallocated' ? 0 : e.depth + 1;
-  return e.kind === 'data' ? 0 : P.NBD_STATE_HOLE | P.NBD_STATE_ZERO;
+  if (e.kind !== 'data') return P.NBD_STATE_HOLE | P.NBD_STATE_ZERO;
+  return e.readsZero ? P.NBD_STATE_ZERO : 0;
 }
 
 /** The NBD error value for a failure of the device. */

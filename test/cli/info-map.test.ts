@@ -1,7 +1,7 @@
 /** img info and img map print what qemu-img prints for the same images, byte for byte. */
 import * as assert from 'node:assert/strict';
 import { before, describe, it } from 'node:test';
-import { qemuImg, tempDir } from '../helpers';
+import { qemuImg, run, tempDir } from '../helpers';
 import { makeSampleDisk } from '../convert/sample-disk';
 import { both } from './run';
 
@@ -16,9 +16,16 @@ describe('img info and img map against qemu-img', () => {
     qemuImg('create', '-f', 'qcow2', '-o', 'extended_l2=on,lazy_refcounts=on', `${dir}/empty.qcow2`, '1G');
     qemuImg('convert', '-f', 'raw', '-O', 'qcow2', '-o', 'cluster_size=2M,refcount_bits=64', `${dir}/disk.raw`, `${dir}/big-cluster.qcow2`);
     qemuImg('snapshot', '-c', 'first', `${dir}/v2.qcow2`);
+    // Preallocated metadata: every cluster mapped, most of them holes in the file, which qemu
+    // reports as data that reads as zeroes. Some data, explicit zeroes and a zeroed range on top.
+    qemuImg('create', '-f', 'qcow2', '-o', 'preallocation=metadata', `${dir}/prealloc.qcow2`, '64M');
+    const io = (file: string, ...cmds: string[]) => run('qemu-io', ['-f', 'qcow2', ...cmds.flatMap((c) => ['-c', c]), file]);
+    io(`${dir}/prealloc.qcow2`, 'write -P 0x11 1M 3M', 'write -P 0 8M 1M', 'write -z 20M 2M');
+    qemuImg('create', '-f', 'qcow2', '-o', 'preallocation=metadata,extended_l2=on,cluster_size=128k', `${dir}/prealloc-l2.qcow2`, '64M');
+    io(`${dir}/prealloc-l2.qcow2`, 'write -P 0x22 100k 50k');
   });
 
-  const images = ['disk.raw', 'disk.qcow2', 'zstd.qcow2', 'v2.qcow2', 'top.qcow2', 'empty.qcow2', 'big-cluster.qcow2'];
+  const images = ['disk.raw', 'disk.qcow2', 'zstd.qcow2', 'v2.qcow2', 'top.qcow2', 'empty.qcow2', 'big-cluster.qcow2', 'prealloc.qcow2', 'prealloc-l2.qcow2'];
 
   for (const name of images) {
     it(`info --output=json of ${name} equals qemu-img's`, () => {

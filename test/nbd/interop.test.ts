@@ -8,7 +8,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { qemuCheck, randomBytes, prng, run, tempDir } from '../helpers';
-import { imgServe, mergeRuns, must, Served } from './servers';
+import { imgServe, mergeRuns, must, qemuNbd, Served } from './servers';
 
 const MiB = 1 << 20;
 
@@ -105,6 +105,23 @@ describe('img serve: readers agree with the image', () => {
     must('qemu-img', 'convert', '-O', 'qcow2', uri, out);
     assert.match(must('qemu-img', 'compare', out, top), /identical/);
   });
+});
+
+it('base:allocation of a qcow2 with preallocated metadata matches qemu-nbd (unwritten clusters read as zero)', async () => {
+  const dir = tempDir('img-nbd-');
+  const file = path.join(dir, 'prealloc.qcow2');
+  must('qemu-img', 'create', '-q', '-f', 'qcow2', '-o', 'preallocation=metadata', file, '32M');
+  must('qemu-io', '-f', 'qcow2', '-c', 'write -P 0x11 1M 3M', '-c', 'write -z 20M 2M', file);
+  const ours = await imgServe(['--socket', path.join(dir, 's.sock'), '--read-only', '--persistent', file]);
+  const theirs = await qemuNbd(dir, ['-r', '-t', '-f', 'qcow2', file]);
+  try {
+    const map = nbdinfoMap(ours.uris[0]);
+    assert.deepEqual(map, nbdinfoMap(theirs.uri));
+    assert.ok(map.some((m) => m.type === 2), 'some clusters are data that reads as zero');
+  } finally {
+    assert.equal(await ours.stop('SIGTERM'), 0);
+    await theirs.stop();
+  }
 });
 
 describe('img serve: writers land in the qcow2', () => {

@@ -63,6 +63,8 @@ export class Qcow2Core implements TablesHost {
   private readonly dirtyLock = new Mutex();
   private pending: Release[] = [];
   private pendingClusters = 0;
+  /** Whether the metadata looks preallocated (decided once, at the first block status). */
+  private preallocated?: Promise<boolean>;
   /** Decompressed clusters by descriptor (`hi:lo`). */
   private readonly decompressed = new Map<string, Uint8Array>();
   /** End of the used part of the image file (grows with allocations). */
@@ -313,7 +315,7 @@ export class Qcow2Core implements TablesHost {
     const out: Extent[] = [];
     const backing = this.backing;
     for (const p of await this.mapRange(offset, length)) {
-      if (p.kind === 'data') pushExtent(out, { offset: p.offset, length: p.length, kind: 'data', depth: 0, hostOffset: p.host });
+      if (p.kind === 'data') await this.dataStatus(p, out);
       else if (p.kind === 'compressed') pushExtent(out, { offset: p.offset, length: p.length, kind: 'data', depth: 0, compressed: true });
       else if (p.kind === 'zero') pushExtent(out, { offset: p.offset, length: p.length, kind: 'zero', depth: 0, ...mappedAt(p, 0) });
       else if (!backing) pushExtent(out, { offset: p.offset, length: p.length, kind: 'unallocated', depth: 0, ...mappedAt(p, 0) });
@@ -325,6 +327,42 @@ export class Qcow2Core implements TablesHost {
       }
     }
     return out;
+  }
+
+  /**
+   * A data piece's extents. With preallocated metadata the host file is asked where it has
+   * holes: those clusters were never written and read as zeroes, as qemu reports them.
+   */
+  private async dataStatus(p: Piece, out: Extent[]): Promise<void> {
+    if (!(await this.metadataPreallocated())) {
+      pushExtent(out, { offset: p.offset, length: p.length, kind: 'data', depth: 0, hostOffset: p.host });
+      return;
+    }
+    for (const e of await this.dataFile.extents(p.host, p.length)) {
+      pushExtent(out, { offset: p.offset + e.offset - p.host, length: e.length, kind: 'data', depth: 0, hostOffset: e.offset, ...(e.data ? {} : { readsZero: true }) });
+    }
+  }
+
+  /**
+   * qemu's test for preallocated metadata (qcow2_detect_metadata_preallocation): clusters in
+   * use, counted up to the end of the file, reach max(real × 10/9, real + 2), where `real` is
+   * the clusters the file system has actually allocated.
+   */
+  private metadataPreallocated(): Promise<boolean> {
+    this.preallocated ??= (async () => {
+      const cs = this.g.clusterSize;
+      const real = Math.floor((await this.file.allocatedSize()) / cs);
+      const threshold = Math.max(Math.floor((real * 10) / 9), real + 2);
+      const end = Math.ceil((await this.file.size()) / cs);
+      const per = this.g.refcountBlockEntries;
+      let used = 0;
+      for (let b = 0; b * per < end && used < threshold; b++) {
+        const counts = await this.refcounts.blockCounts(b);
+        for (let i = 0; i < per && b * per + i < end; i++) if (counts[i] !== 0) used++;
+      }
+      return used >= threshold;
+    })();
+    return this.preallocated;
   }
 
   // ---- reading -------------------------------------------------------------------------
