@@ -314,8 +314,10 @@ export class Qcow2Core implements TablesHost {
   async blockStatus(offset: number, length: number): Promise<Extent[]> {
     const out: Extent[] = [];
     const backing = this.backing;
+    const preallocated = await this.metadataPreallocated();
     for (const p of await this.mapRange(offset, length)) {
-      if (p.kind === 'data') await this.dataStatus(p, out);
+      if (p.kind === 'data' && preallocated) await this.holesAsZero(p, out);
+      else if (p.kind === 'data') pushExtent(out, { offset: p.offset, length: p.length, kind: 'data', depth: 0, hostOffset: p.host });
       else if (p.kind === 'compressed') pushExtent(out, { offset: p.offset, length: p.length, kind: 'data', depth: 0, compressed: true });
       else if (p.kind === 'zero') pushExtent(out, { offset: p.offset, length: p.length, kind: 'zero', depth: 0, ...mappedAt(p, 0) });
       else if (!backing) pushExtent(out, { offset: p.offset, length: p.length, kind: 'unallocated', depth: 0, ...mappedAt(p, 0) });
@@ -330,14 +332,10 @@ export class Qcow2Core implements TablesHost {
   }
 
   /**
-   * A data piece's extents. With preallocated metadata the host file is asked where it has
-   * holes: those clusters were never written and read as zeroes, as qemu reports them.
+   * A data piece's extents when the metadata is preallocated: the host file is asked where it
+   * has holes. Those clusters were never written and read as zeroes, as qemu reports them.
    */
-  private async dataStatus(p: Piece, out: Extent[]): Promise<void> {
-    if (!(await this.metadataPreallocated())) {
-      pushExtent(out, { offset: p.offset, length: p.length, kind: 'data', depth: 0, hostOffset: p.host });
-      return;
-    }
+  private async holesAsZero(p: Piece, out: Extent[]): Promise<void> {
     for (const e of await this.dataFile.extents(p.host, p.length)) {
       pushExtent(out, { offset: p.offset + e.offset - p.host, length: e.length, kind: 'data', depth: 0, hostOffset: e.offset, ...(e.data ? {} : { readsZero: true }) });
     }
