@@ -82,7 +82,7 @@ export function standardEntry(host: number, flags: { copied?: boolean; zero?: bo
 /** Sets or clears COPIED (bit 63) of entry `i`. */
 export function setCopied(table: Uint8Array, i: number, g: Geometry, copied: boolean): void {
   const e = getL2(table, i, g);
-  setL2(table, i, g, { ...e, hi: copied ? e.hi | HI_COPIED : e.hi & ~HI_COPIED });
+  setL2(table, i, g, { hi: copied ? e.hi | HI_COPIED : e.hi & ~HI_COPIED, lo: e.lo, alloc: e.alloc, zero: e.zero });
 }
 
 /** The descriptor in hex, as messages (and qemu-img check) print it. */

@@ -339,12 +339,9 @@ export function refcountEntry(order: number, block: Uint8Array, i: number): numb
     case 3:
       return block[i];
     case 4:
-      // Byte arithmetic rather than a DataView per call: refcount walks do this per cluster.
-      if (i * 2 + 2 > block.byteLength) return be16(block, i * 2);
-      return (block[i * 2] << 8) | block[i * 2 + 1];
+      return be16(block, i * 2);
     case 5:
-      if (i * 4 + 4 > block.byteLength) return be32(block, i * 4);
-      return ((block[i * 4] << 24) | (block[i * 4 + 1] << 16) | (block[i * 4 + 2] << 8) | block[i * 4 + 3]) >>> 0;
+      return be32(block, i * 4);
     default:
       return be64(block, i * 8);
   }
@@ -368,9 +365,7 @@ export function setRefcountEntry(order: number, block: Uint8Array, i: number, v:
       block[i] = v;
       return;
     case 4:
-      if (i * 2 + 2 > block.byteLength) setBe16(block, i * 2, v);
-      block[i * 2] = (v >> 8) & 0xff;
-      block[i * 2 + 1] = v & 0xff;
+      setBe16(block, i * 2, v);
       return;
     case 5:
       setBe32(block, i * 4, v);

@@ -83,7 +83,8 @@ export class Tables {
     // Already writable: nothing to allocate, so no need to wait for the lock (an entry only
     // gains COPIED once its table is in place, and only snapshot operations, which exclude
     // writes, take it away).
-    if ((this.l1Entry(i) & C.OFLAG_COPIED) !== 0n && this.l2Offset(i) !== 0) return this.l2Offset(i);
+    const writable = this.l2Offset(i);
+    if (writable !== 0 && (this.l1Entry(i) & C.OFLAG_COPIED) !== 0n) return writable;
     const release = await this.l2Locks.acquire([i]);
     try {
       const e = this.l1Entry(i);
